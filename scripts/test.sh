@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# README's test command, and CI's whole job: installs what is missing, builds ktla twice (plain,
+# and with AddressSanitizer + UndefinedBehaviorSanitizer), runs the host suites, then boots a real
+# Linux kernel with kernel TLS (scripts/vm.sh) and runs the kernel suite inside it, where kernel
+# TLS is mandatory: a skipped kernel test there is a failure.
+#
+# Ends with one summary line per suite ("NAME: N passed, N failed, N skipped") and exits non-zero
+# if anything failed. KTLA_SKIP_GUEST=1 leaves the guest out (a quick local loop; never in CI).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/deps.sh
+
+werror=OFF
+[ "${CI:-}" = "true" ] && werror=ON
+jobs=$(nproc)
+
+echo "== build (plain and sanitized)"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKTLA_WERROR=$werror >/dev/null
+cmake --build build -j"$jobs" >/dev/null
+cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DKTLA_SANITIZE=ON -DKTLA_WERROR=$werror >/dev/null
+cmake --build build/asan -j"$jobs" >/dev/null
+
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+
+summaries=()
+status=0
+
+# tally NAME TAPFILE REQUIRE_NO_SKIP: prints the summary line and records failure.
+tally() {
+    local name=$1 tap=$2 strict=$3 pass fail skip
+    pass=$(grep -E '^ok ' "$tap" | grep -vc '# SKIP' || true)
+    skip=$(grep -E '^ok ' "$tap" | grep -c '# SKIP' || true)
+    fail=$(grep -cE '^not ok ' "$tap" || true)
+    local line="$name: $pass passed, $fail failed, $skip skipped"
+    if [ "$strict" = strict ] && [ "$skip" -gt 0 ]; then
+        line="$line (skips count as failures here)"
+        status=1
+    fi
+    if [ "$fail" -gt 0 ] || [ "$((pass + fail + skip))" -eq 0 ]; then
+        status=1
+    fi
+    summaries+=("$line")
+}
+
+# run_suite NAME TAPFILE COMMAND...: a suite that exits non-zero without a failing test (a crash
+# outside any test, a sanitizer report at exit) still fails the run.
+run_suite() {
+    local name=$1 tap=$2
+    shift 2
+    rm -f "$tap"
+    if ! "$@" --tap="$tap" -j"$jobs"; then
+        echo "$name: the suite exited non-zero" >&2
+        status=1
+    fi
+    [ -f "$tap" ] || : > "$tap"
+}
+
+mkdir -p build/results
+echo "== host suite (sanitized)"
+run_suite host build/results/host.tap build/asan/tests/ktla-tests
+tally host build/results/host.tap lenient
+grep -vE '^(ok|TAP|1\.\.|#)' build/results/host.tap | head -40 || true
+
+echo "== kernel suite on this machine's kernel (skips with the probe's reason where it has no TLS)"
+run_suite kernel-host build/results/kernel-host.tap build/asan/tests/ktla-kernel-tests
+tally kernel-host build/results/kernel-host.tap lenient
+grep -m1 '# SKIP' build/results/kernel-host.tap | sed 's/.*# SKIP/  reason:/' || true
+
+if [ "${KTLA_SKIP_GUEST:-}" = 1 ] && [ "${CI:-}" != "true" ]; then
+    summaries+=("kernel-guest: not run (KTLA_SKIP_GUEST=1)")
+else
+    echo "== kernel suite inside the guest kernel (kernel TLS mandatory)"
+    guest_tap=build/vm/kernel.tap
+    rm -f "$guest_tap"
+    if ! scripts/vm.sh -- env KTLA_REQUIRE_KTLS=1 ASAN_OPTIONS="$ASAN_OPTIONS" \
+        UBSAN_OPTIONS="$UBSAN_OPTIONS" build/asan/tests/ktla-kernel-tests --tap="$guest_tap" -j2 \
+        >build/results/guest-console.log 2>&1; then
+        echo "kernel-guest: the suite or the guest failed; console log:" >&2
+        tail -n 40 build/results/guest-console.log >&2
+        status=1
+    fi
+    [ -f "$guest_tap" ] || : > "$guest_tap"
+    cp "$guest_tap" build/results/kernel-guest.tap
+    grep -vE '^(ok|TAP|1\.\.|#)' "$guest_tap" | head -40 || true
+    tally kernel-guest build/results/kernel-guest.tap strict
+fi
+
+echo
+echo "== summary"
+for s in "${summaries[@]}"; do echo "$s"; done
+exit $status

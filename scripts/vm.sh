@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Runs one command inside a real Linux kernel that has kernel TLS, and returns its exit status.
+#
+# The machines that build and test ktla run a kernel without CONFIG_TLS, so the kernel suite boots
+# Debian's generic 6.1 kernel under qemu (software emulation: KVM is not available here). The guest
+# mounts the host's root file system read-only over 9p, so every host binary and library is there
+# unchanged; a second, writable 9p share carries results back. Only a tiny busybox initramfs is
+# built, to load the 9p modules and switch into the host's root.
+#
+# usage: scripts/vm.sh [--out DIR] [--] COMMAND [ARGS...]
+#   COMMAND runs as root in the guest with cwd = the current directory, HOME=/tmp, and /tmp and
+#   /dev/shm as tmpfs. --out DIR (default: build/vm) is the only host directory the guest can write;
+#   it is available in the guest at the same path. Exit status: COMMAND's, or 125 if the guest did
+#   not report one (failed to boot, crashed, timed out).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+out="$here/build/vm"
+if [ "${1:-}" = "--out" ]; then out=$2; shift 2; fi
+[ "${1:-}" = "--" ] && shift
+[ $# -gt 0 ] || { echo "usage: $0 [--out DIR] [--] COMMAND [ARGS...]" >&2; exit 2; }
+
+kver=${KTLA_VM_KERNEL:-$(ls /boot/vmlinuz-*-amd64 2>/dev/null | grep -v cloud | sed 's|.*/vmlinuz-||' | sort -V | tail -n1)}
+[ -n "$kver" ] && [ -r "/boot/vmlinuz-$kver" ] || {
+    echo "vm.sh: no generic Debian kernel in /boot (scripts/deps.sh installs linux-image-amd64)" >&2
+    exit 125
+}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# The initramfs: busybox, the modules 9p needs (in dependency order), and an init.
+mkdir -p "$work/root/bin" "$work/root/mods" "$work/root/proc" "$work/root/sys" "$work/root/dev" \
+    "$work/root/newroot"
+cp /bin/busybox "$work/root/bin/busybox"
+modprobe -S "$kver" -a --show-depends 9p 9pnet_virtio virtio_pci |
+    awk '$1 == "insmod" && !seen[$2]++ { print $2 }' > "$work/modlist"
+i=0
+while read -r m; do
+    i=$((i + 1))
+    f="$work/root/mods/$(printf %02d $i)-$(basename "$m")"
+    case "$m" in
+    *.xz) xz -dc "$m" > "${f%.xz}" ;;
+    *.zst) zstd -qdc "$m" > "${f%.zst}" ;;
+    *) cp "$m" "$f" ;;
+    esac
+done < "$work/modlist"
+cat > "$work/root/init" <<'INIT'
+#!/bin/busybox sh
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t devtmpfs dev /dev
+for m in /mods/*.ko; do /bin/busybox insmod "$m" || echo "init: insmod $m failed"; done
+/bin/busybox mount -t 9p -o trans=virtio,version=9p2000.L,msize=1048576,ro,cache=loose hostroot /newroot ||
+    { echo "init: cannot mount the host root"; /bin/busybox poweroff -f; }
+/bin/busybox umount /proc
+/bin/busybox mount --move /dev /newroot/dev
+exec /bin/busybox switch_root /newroot /bin/sh "$KTLA_GUEST_INIT"
+INIT
+chmod +x "$work/root/init"
+(cd "$work/root" && find . | cpio -o -H newc --quiet) > "$work/initrd"
+
+# The second stage runs from the host's file system, inside the guest.
+cat > "$out/.guest-init" <<INIT2
+#!/bin/sh
+PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc proc /proc || echo "guest: mount /proc failed"; grep -c . /proc/mounts
+mount -t sysfs sys /sys
+mkdir -p /dev/shm /dev/pts 2>/dev/null
+mount -t tmpfs shm /dev/shm
+# A private, writable /tmp; a checkout that lives under the host's /tmp stays visible in it.
+mkdir /dev/shm/.host-tmp
+mount --bind /tmp /dev/shm/.host-tmp
+mount -t tmpfs tmp /tmp
+case "$PWD/" in /tmp/*)
+    mkdir -p "$PWD"
+    mount --bind "/dev/shm/.host-tmp/${PWD#/tmp/}" "$PWD" ;;
+esac
+mkdir -p "$out" 2>/dev/null
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=1048576 results "$out"
+ip link set lo up
+modprobe -a tls gcm ccm chacha20poly1305 aesni-intel ghash-clmulni-intel 2>&1 || true
+export HOME=/tmp KTLA_IN_GUEST=1
+cd "$PWD"
+rc=125
+( $(printf '%q ' "$@") ) </dev/null
+rc=\$?
+echo \$rc > "$out/.rc"
+sync
+echo o > /proc/sysrq-trigger
+sleep 5
+INIT2
+chmod +x "$out/.guest-init"
+rm -f "$out/.rc"
+
+timeout "${KTLA_VM_TIMEOUT:-1800}" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp 2 -m 2G \
+    -nographic -nodefaults -no-reboot -monitor none -serial stdio -net none \
+    -kernel "/boot/vmlinuz-$kver" -initrd "$work/initrd" \
+    -append "console=ttyS0 quiet panic=-1 KTLA_GUEST_INIT=$out/.guest-init" \
+    -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap" \
+    -virtfs "local,path=$out,mount_tag=results,security_model=none" </dev/null || true
+if [ -s "$out/.rc" ]; then exit "$(cat "$out/.rc")"; fi
+echo "vm.sh: the guest did not report an exit status" >&2
+exit 125
