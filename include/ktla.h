@@ -15,6 +15,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -55,7 +56,17 @@ extern "C" {
       "the kernel accepted the TLS configuration but reads back a different one")                  \
     X(KTLA_ECLOSED, -4013, "the peer closed the TLS connection (close_notify)")                    \
     X(KTLA_EALERT, -4014, "the peer sent a fatal TLS alert")                                       \
-    X(KTLA_ETRUNCATED, -4015, "the peer closed the TCP connection without a TLS close_notify")
+    X(KTLA_ETRUNCATED, -4015, "the peer closed the TCP connection without a TLS close_notify")  \
+    X(KTLA_ECERT, -4016, "a certificate or private key could not be loaded, or they do not match") \
+    X(KTLA_ETICKETKEY, -4017,                                                                      \
+      "the session ticket key file is unreadable or not a whole number of 80-byte keys")          \
+    X(KTLA_ETLS, -4018, "the TLS handshake failed (protocol error or unacceptable client offer)")  \
+    X(KTLA_ETIMEDOUT, -4019, "the TLS handshake did not finish before its deadline")               \
+    X(KTLA_ENOCIPHER, -4020, "the negotiated cipher suite cannot be carried by kernel TLS")        \
+    X(KTLA_EBUSY, -4021, "another operation of this kind is already in progress on this connection") \
+    X(KTLA_EDISABLED, -4022, "kernel TLS is turned off by configuration")                          \
+    X(KTLA_ENOMORE, -4023, "too many connections: the limit on handshakes in flight was reached") \
+    X(KTLA_ENOTTLS, -4024, "the client does not speak TLS (plain HTTP sent to a TLS port?)")
 
 enum ktla_error {
 #define KTLA_ERROR_ENUM(name, value, msg) name = (value),
@@ -113,6 +124,223 @@ struct ktla_kernel_support {
  * callers that want a stable answer keep the first one.
  */
 KTLA_API int ktla_kernel_probe(struct ktla_kernel_support *out);
+
+/* ---------------------------------------------------------------------------------------------
+ * TLS context: certificates, SNI, ALPN, session tickets. One context may serve any number of
+ * acceptors, on any threads; it is reference-counted internally, so it can be freed while
+ * acceptors still use it.
+ */
+
+struct ktla_ctx;
+
+/*
+ * One certificate chain and its private key (ECDSA or RSA), as PEM: from files (`cert_file`,
+ * `key_file`) or from memory (`cert_pem`, `key_pem`, NUL-terminated); files win when both are
+ * given. The chain's leaf comes first.
+ */
+struct ktla_cert_config {
+    const char *cert_file;
+    const char *key_file;
+    const char *cert_pem;
+    const char *key_pem;
+};
+
+struct ktla_ctx_config {
+    /* Certificates; the first is the default, the others are chosen by SNI against their
+     * subjectAltName DNS names (wildcards of one label allowed). At least one. */
+    const struct ktla_cert_config *certs;
+    size_t ncerts;
+    /* ALPN protocols in the server's order of preference ("h2", "http/1.1"), or none. A client
+     * that offers ALPN but none of these is still accepted, without ALPN. */
+    const char *const *alpn;
+    size_t nalpn;
+    /* KTLA_TLS1_2 or KTLA_TLS1_3; 0 means TLS 1.2 and TLS 1.3 respectively. */
+    uint16_t min_version;
+    uint16_t max_version;
+    /* TLS 1.3 session tickets sent after each full handshake. 0: the default (2), so that a
+     * zero-initialised config resumes; -1: none. A resumed handshake gets at most one. */
+    int tls13_tickets;
+    /* Session ticket keys shared across processes and hosts (see ktla_ctx_load_ticket_keys);
+     * NULL: a random key made at start-up, good for this process only. */
+    const char *ticket_key_file;
+    /* Turns session tickets (and so resumption) off entirely. */
+    int no_tickets;
+};
+
+/*
+ * Builds a context. Only what kernel TLS can carry is offered: AES-128-GCM, AES-256-GCM and
+ * ChaCha20-Poly1305 with ECDHE (X25519, P-256, P-384), TLS 1.2 and 1.3; 0-RTT, renegotiation and
+ * compression are off. Returns 0 and *out, or KTLA_EINVAL (bad config), KTLA_ECERT (a certificate
+ * or key that cannot be loaded or does not match), KTLA_ETICKETKEY, -ENOMEM.
+ */
+KTLA_API int ktla_ctx_new(const struct ktla_ctx_config *cfg, struct ktla_ctx **out);
+
+/* Drops the caller's reference; NULL is a no-op. */
+KTLA_API void ktla_ctx_free(struct ktla_ctx *ctx);
+
+/*
+ * Loads session ticket keys from `path` and makes them current, replacing the previous set.
+ * The file is a whole number of 80-byte keys (16-byte name, 32-byte HMAC-SHA256 key, 32-byte
+ * AES-256 key; `openssl rand 80 > FILE` makes one); the first key issues new tickets, all of them
+ * open tickets, so appending the old key behind a new one rotates without losing sessions.
+ * Safe to call at any time from any thread (e.g. on SIGHUP). 0, KTLA_ETICKETKEY, or -errno.
+ */
+KTLA_API int ktla_ctx_load_ticket_keys(struct ktla_ctx *ctx, const char *path);
+
+/*
+ * Replaces certificates for new handshakes (e.g. on SIGHUP); handshakes in flight finish with the
+ * old ones. Same rules and codes as ktla_ctx_new for `certs`.
+ */
+KTLA_API int ktla_ctx_reload_certs(struct ktla_ctx *ctx, const struct ktla_cert_config *certs,
+                                   size_t ncerts);
+
+/* ---------------------------------------------------------------------------------------------
+ * Acceptor: accepts on a listening socket and runs handshakes over io_uring, many at once on one
+ * thread. When a handshake completes it installs the keys in the kernel (where it can) and hands
+ * the established connection to the application.
+ */
+
+struct io_uring;
+struct io_uring_cqe;
+struct ktla_acceptor;
+struct ktla_conn;
+
+/* What happens when kernel TLS cannot take a connection. */
+enum ktla_ktls_policy {
+    KTLA_KTLS_AUTO = 0, /* use kernel TLS where possible, else userspace; logged once, counted */
+    KTLA_KTLS_REQUIRE,  /* a connection the kernel cannot take fails its handshake */
+    KTLA_KTLS_OFF,      /* never use kernel TLS */
+};
+
+/* Who carries one direction of an established connection's record layer. */
+enum ktla_mode { KTLA_MODE_KERNEL = 0, KTLA_MODE_USERSPACE = 1 };
+
+/* What the application learns about an established connection. Valid until ktla_conn_close. */
+struct ktla_conn_info {
+    int fd;
+    uint16_t version;         /* KTLA_TLS1_2 or KTLA_TLS1_3 */
+    enum ktla_cipher cipher;  /* negotiated AEAD */
+    const char *cipher_name;  /* the suite's IANA name, e.g. "TLS_AES_128_GCM_SHA256" */
+    const char *alpn;         /* negotiated ALPN protocol or NULL */
+    const char *sni;          /* server name the client asked for, or NULL */
+    int resumed;              /* 1 when the session was resumed from a ticket */
+    enum ktla_mode tx_mode;   /* transmit direction */
+    enum ktla_mode rx_mode;   /* receive direction */
+    int tx_reason;            /* when tx_mode is userspace: why (a ktla code), else 0 */
+    int rx_reason;            /* likewise for rx */
+    size_t early_plaintext;   /* bytes of application data that arrived with the handshake; the
+                                 first ktla_conn_recv calls return them before anything else */
+    uint64_t handshake_ns;    /* accept to hand-over */
+    char peer[64];            /* "ADDR:PORT" of the client */
+};
+
+/* Called for each established connection; the application owns `conn` from then on and must
+ * eventually ktla_conn_close it. */
+typedef void (*ktla_conn_cb)(struct ktla_conn *conn, void *arg);
+
+/* Called for each connection whose handshake failed (optional): its peer and the reason. The
+ * connection is already closed. */
+typedef void (*ktla_fail_cb)(const char *peer, int code, const char *detail, void *arg);
+
+/* Where ktla's one-line operator messages go (optional; default: stderr). */
+typedef void (*ktla_log_cb)(const char *line, void *arg);
+
+struct ktla_acceptor_config {
+    int listen_fd;             /* a listening TCP socket; the acceptor does not close it */
+    struct ktla_ctx *ctx;      /* referenced for the acceptor's lifetime */
+    struct io_uring *ring;     /* the application's ring, or NULL for an own one */
+    enum ktla_ktls_policy ktls;
+    unsigned max_handshakes;   /* handshakes in flight; 0: 1024. Beyond it, new connections wait
+                                  in the listen backlog. */
+    unsigned handshake_timeout_ms; /* 0: 10000 */
+    ktla_conn_cb on_conn;      /* required */
+    ktla_fail_cb on_fail;
+    ktla_log_cb log;
+    void *arg;                 /* passed to every callback */
+};
+
+/* Counters, for operators and tests. */
+struct ktla_acceptor_stats {
+    uint64_t accepted;           /* TCP connections accepted */
+    uint64_t handshakes_done;    /* handed to the application */
+    uint64_t handshakes_failed;  /* including timeouts */
+    uint64_t timeouts;
+    uint64_t ktls_both;          /* connections with kernel TX and RX */
+    uint64_t ktls_fallbacks;     /* connections with at least one direction in userspace */
+    uint64_t early_data_bytes;   /* plaintext that arrived with the client's Finished */
+    unsigned in_flight;          /* handshakes in flight now */
+};
+
+/*
+ * Creates an acceptor and arms its accept on the ring. With an own ring (cfg->ring NULL), drive
+ * it with ktla_acceptor_run. With the application's ring, the application submits and reaps as it
+ * likes and passes every completion to ktla_dispatch. Returns 0 and *out, or KTLA_EINVAL, -ENOMEM,
+ * or a negative io_uring setup error.
+ */
+KTLA_API int ktla_acceptor_new(const struct ktla_acceptor_config *cfg,
+                               struct ktla_acceptor **out);
+
+/*
+ * With an own ring: submits what is queued, waits up to timeout_ms (-1: forever) for completions
+ * and handles them, calling the callbacks. Returns the number of completions handled, or -errno.
+ */
+KTLA_API int ktla_acceptor_run(struct ktla_acceptor *acc, int timeout_ms);
+
+/* The acceptor's ring (its own or the application's). An own ring's completions are all handled
+ * by ktla_acceptor_run; an application that wants to mix its own work in shares its ring instead
+ * (cfg->ring) and routes completions with ktla_dispatch. */
+KTLA_API struct io_uring *ktla_acceptor_ring(struct ktla_acceptor *acc);
+
+/*
+ * Routes one completion from a ring ktla shares with the application. ktla marks its own
+ * submissions by setting bit 0 of user_data; an application that shares the ring keeps bit 0 of
+ * its own user_data clear (any pointer does). Returns 1 when the completion was ktla's (it is
+ * handled; the caller still io_uring_cqe_seen()s it), 0 when it is the application's.
+ */
+KTLA_API int ktla_dispatch(struct io_uring_cqe *cqe);
+
+/* Stops accepting, aborts handshakes in flight (their on_fail is called with KTLA_ECLOSED) and
+ * frees the acceptor once its ring has nothing of it left in flight. Established connections
+ * are the application's and stay open. NULL is a no-op. */
+KTLA_API void ktla_acceptor_free(struct ktla_acceptor *acc);
+
+KTLA_API void ktla_acceptor_get_stats(const struct ktla_acceptor *acc,
+                                      struct ktla_acceptor_stats *out);
+
+/* ---------------------------------------------------------------------------------------------
+ * Established connections: the same calls whether the kernel or userspace carries the records.
+ * Each call queues one operation on the acceptor's ring and returns at once; its callback runs
+ * from ktla_acceptor_run / ktla_dispatch. At most one receive and one send (or sendfile) may be
+ * in flight per connection; a second gets KTLA_EBUSY. When a call returns an error its callback
+ * is never called.
+ */
+
+/* result: bytes transferred (> 0), 0 at end of stream (recv only: close_notify or a clean TCP
+ * close after it), or a negative code (KTLA_EALERT, KTLA_ETRUNCATED, KTLA_EBADMAC, -ECONNRESET...). */
+typedef void (*ktla_io_cb)(struct ktla_conn *conn, ssize_t result, void *arg);
+
+KTLA_API const struct ktla_conn_info *ktla_conn_get_info(const struct ktla_conn *conn);
+
+/* Receives up to len bytes of plaintext into buf (which must stay valid until the callback).
+ * Plaintext that arrived with the handshake comes first. 0 or KTLA_EBUSY, KTLA_ECLOSED. */
+KTLA_API int ktla_conn_recv(struct ktla_conn *conn, void *buf, size_t len, ktla_io_cb cb, void *arg);
+
+/* Sends all of buf (valid until the callback); the callback gets len or an error. */
+KTLA_API int ktla_conn_send(struct ktla_conn *conn, const void *buf, size_t len, ktla_io_cb cb,
+                            void *arg);
+
+/* Sends count bytes of file_fd from offset: sendfile(2) through kernel TLS in kernel mode (no
+ * copy in userspace), read + encrypt in userspace mode. The callback gets count or an error. */
+KTLA_API int ktla_conn_sendfile(struct ktla_conn *conn, int file_fd, uint64_t offset, size_t count,
+                                ktla_io_cb cb, void *arg);
+
+/* Sends close_notify, closes the socket and frees the connection once nothing of it is in
+ * flight. No callback of this connection runs after this call. Never fails; conn is gone. */
+KTLA_API void ktla_conn_close(struct ktla_conn *conn);
+
+/* Opaque per-connection pointer for the application. */
+KTLA_API void ktla_conn_set_data(struct ktla_conn *conn, void *data);
+KTLA_API void *ktla_conn_get_data(const struct ktla_conn *conn);
 
 #ifdef __cplusplus
 }

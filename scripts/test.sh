@@ -44,16 +44,29 @@ tally() {
     summaries+=("$line")
 }
 
+# sanitizer_check NAME LOG: Criterion reports a test that leaked or tripped UBSan as passed (the
+# report comes from the test's process at exit), so the reports themselves fail the run.
+sanitizer_check() {
+    if grep -qE 'ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:' "$2"; then
+        echo "$1: sanitizer reports (see $2):" >&2
+        grep -E -A12 'ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:' "$2" | head -60 >&2
+        summaries+=("$1: sanitizer reports in $2")
+        status=1
+    fi
+}
+
 # run_suite NAME TAPFILE COMMAND...: a suite that exits non-zero without a failing test (a crash
 # outside any test, a sanitizer report at exit) still fails the run.
 run_suite() {
-    local name=$1 tap=$2
+    local name=$1 tap=$2 log=${2%.tap}.log
     shift 2
     rm -f "$tap"
-    if ! "$@" --tap="$tap" -j"$jobs"; then
+    if ! "$@" --tap="$tap" -j"$jobs" >"$log" 2>&1; then
         echo "$name: the suite exited non-zero" >&2
         status=1
     fi
+    tail -n 1 "$log"
+    sanitizer_check "$name" "$log"
     [ -f "$tap" ] || : > "$tap"
 }
 
@@ -68,23 +81,39 @@ run_suite kernel-host build/results/kernel-host.tap build/asan/tests/ktla-kernel
 tally kernel-host build/results/kernel-host.tap lenient
 grep -m1 '# SKIP' build/results/kernel-host.tap | sed 's/.*# SKIP/  reason:/' || true
 
+echo "== acceptor suite on this machine (userspace mode where the kernel has no TLS)"
+run_suite acceptor-host build/results/acceptor-host.tap build/asan/tests/ktla-acceptor-tests
+tally acceptor-host build/results/acceptor-host.tap lenient
+grep -vE '^(ok|TAP|1\.\.|#)' build/results/acceptor-host.tap | head -40 || true
+
+echo "== interoperability on this machine (openssl s_client, gnutls-cli)"
+# A kernel with TLS loaded has /proc/net/tls_stat; then the host connections must be offloaded too.
+host_mode=userspace
+[ -r /proc/net/tls_stat ] && host_mode=kernel
+tests/interop/interop.sh build/asan "$host_mode" >build/results/interop-host.tap 2>&1 || true
+grep -E '^not ok' -A8 build/results/interop-host.tap | head -40 || true
+tally interop-host build/results/interop-host.tap lenient
+
 if [ "${KTLA_SKIP_GUEST:-}" = 1 ] && [ "${CI:-}" != "true" ]; then
-    summaries+=("kernel-guest: not run (KTLA_SKIP_GUEST=1)")
+    summaries+=("guest: not run (KTLA_SKIP_GUEST=1)")
 else
-    echo "== kernel suite inside the guest kernel (kernel TLS mandatory)"
-    guest_tap=build/vm/kernel.tap
-    rm -f "$guest_tap"
-    if ! scripts/vm.sh -- env KTLA_REQUIRE_KTLS=1 ASAN_OPTIONS="$ASAN_OPTIONS" \
-        UBSAN_OPTIONS="$UBSAN_OPTIONS" build/asan/tests/ktla-kernel-tests --tap="$guest_tap" -j2 \
-        >build/results/guest-console.log 2>&1; then
-        echo "kernel-guest: the suite or the guest failed; console log:" >&2
-        tail -n 40 build/results/guest-console.log >&2
+    echo "== inside the guest kernel (kernel TLS mandatory): kernel, acceptor and interop suites"
+    rm -f build/vm/kernel.tap build/vm/acceptor.tap build/vm/interop.tap
+    start=$(date +%s)
+    if ! scripts/vm.sh -- env ASAN_OPTIONS="$ASAN_OPTIONS" UBSAN_OPTIONS="$UBSAN_OPTIONS" \
+        scripts/guest-suites.sh build/asan build/vm >build/results/guest-console.log 2>&1; then
+        echo "guest: a suite or the guest failed; end of the console log:" >&2
+        tail -n 30 build/results/guest-console.log >&2
         status=1
     fi
-    [ -f "$guest_tap" ] || : > "$guest_tap"
-    cp "$guest_tap" build/results/kernel-guest.tap
-    grep -vE '^(ok|TAP|1\.\.|#)' "$guest_tap" | head -40 || true
-    tally kernel-guest build/results/kernel-guest.tap strict
+    echo "  guest run: $(($(date +%s) - start)) s"
+    sanitizer_check guest build/results/guest-console.log
+    for suite in kernel acceptor interop; do
+        [ -f "build/vm/$suite.tap" ] || : >"build/vm/$suite.tap"
+        cp "build/vm/$suite.tap" "build/results/$suite-guest.tap"
+        grep -E '^not ok' -A8 "build/vm/$suite.tap" | head -40 || true
+        tally "$suite-guest" "build/results/$suite-guest.tap" strict
+    done
 fi
 
 echo

@@ -64,7 +64,7 @@ chmod +x "$work/root/init"
 cat > "$out/.guest-init" <<INIT2
 #!/bin/sh
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
-mount -t proc proc /proc || echo "guest: mount /proc failed"; grep -c . /proc/mounts
+mount -t proc proc /proc || echo "guest: mount /proc failed"
 mount -t sysfs sys /sys
 mkdir -p /dev/shm /dev/pts 2>/dev/null
 mount -t tmpfs shm /dev/shm

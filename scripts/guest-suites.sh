@@ -1,0 +1,12 @@
+#!/bin/sh
+# Runs inside the guest kernel (started by scripts/vm.sh from scripts/test.sh): every suite that
+# needs kernel TLS, with kernel TLS mandatory. Writes one TAP file per suite into OUT.
+# usage: scripts/guest-suites.sh BUILD_DIR OUT_DIR
+build=$1
+out=$2
+export KTLA_REQUIRE_KTLS=1
+status=0
+"$build/tests/ktla-kernel-tests" --tap="$out/kernel.tap" -j2 || status=1
+"$build/tests/ktla-acceptor-tests" --tap="$out/acceptor.tap" -j2 || status=1
+tests/interop/interop.sh "$build" kernel >"$out/interop.tap" 2>&1 || status=1
+exit $status

@@ -1,0 +1,509 @@
+/*
+ * The established connection, the same API in both modes. Kernel mode: the socket speaks TLS by
+ * itself, so receives and sends are plain io_uring operations and files go out with sendfile(2).
+ * Userspace mode: OpenSSL's state from the handshake carries on over memory BIOs, and the
+ * ciphertext still moves through io_uring.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+
+#include "internal.h"
+#include "ktls.h"
+
+#define TLS_CHUNK 16384                 /* one full record of plaintext */
+#define RAW_CAP (KTLA_RECORD_MAX)       /* userspace receive buffer: one whole record */
+#define SENDFILE_SLICE (1u << 20)       /* bytes sent before yielding to other connections */
+
+static const uint8_t close_notify[2] = {1, 0};
+
+bool ktla_conn_reap(struct ktla_conn *c)
+{
+    if (c->state != KTLA_CONN_CLOSING || c->inflight)
+        return false;
+    ktla_conn_destroy(c);
+    return true;
+}
+
+void ktla_conn_destroy(struct ktla_conn *c)
+{
+    if (c->fd >= 0)
+        close(c->fd);
+    if (c->hs) {
+        ktla_hs_release(c->hs);
+        free(c->hs);
+    }
+    if (c->ssl)
+        SSL_free(c->ssl);
+    if (c->early)
+        OPENSSL_clear_free(c->early, c->early_len);
+    if (c->raw)
+        OPENSSL_clear_free(c->raw, c->raw_cap);
+    free(c->enc);
+    if (c->chunk)
+        OPENSSL_clear_free(c->chunk, TLS_CHUNK);
+    free(c);
+}
+
+const struct ktla_conn_info *ktla_conn_get_info(const struct ktla_conn *c)
+{
+    return &c->info;
+}
+
+void ktla_conn_set_data(struct ktla_conn *c, void *data)
+{
+    c->user_data = data;
+}
+
+void *ktla_conn_get_data(const struct ktla_conn *c)
+{
+    return c->user_data;
+}
+
+static bool submit(struct ktla_conn *c, struct io_uring_sqe *sqe, struct ktla_op *op,
+                   enum ktla_op_kind kind)
+{
+    op->kind = kind;
+    ktla_ring_tag(sqe, op);
+    c->inflight++;
+    return true;
+}
+
+/* ---- receiving */
+
+static void recv_done(struct ktla_conn *c, ssize_t result)
+{
+    ktla_io_cb cb = c->rcb;
+    c->rbusy = false;
+    if (c->state == KTLA_CONN_ESTABLISHED)
+        cb(c, result, c->rarg);
+}
+
+static int recv_submit_nop(struct ktla_conn *c)
+{
+    struct io_uring_sqe *sqe = ktla_ring_sqe(c->ring);
+    if (!sqe)
+        return -EBUSY;
+    io_uring_prep_nop(sqe);
+    submit(c, sqe, &c->rop, KTLA_OP_RECV);
+    return 0;
+}
+
+static int recv_submit_socket(struct ktla_conn *c, void *buf, size_t len)
+{
+    struct io_uring_sqe *sqe = ktla_ring_sqe(c->ring);
+    if (!sqe)
+        return -EBUSY;
+    io_uring_prep_recv(sqe, c->fd, buf, len, 0);
+    submit(c, sqe, &c->rop, KTLA_OP_RECV);
+    return 0;
+}
+
+/* Userspace mode: hands out what OpenSSL can decrypt, else asks the socket for ciphertext. */
+static void us_recv_step(struct ktla_conn *c)
+{
+    int n = SSL_read(c->ssl, c->rbuf, (int)(c->rlen > INT32_MAX ? INT32_MAX : c->rlen));
+    if (n > 0)
+        return recv_done(c, n);
+    switch (SSL_get_error(c->ssl, n)) {
+    case SSL_ERROR_WANT_READ:
+        break;
+    case SSL_ERROR_ZERO_RETURN:
+        c->peer_closed = true;
+        return recv_done(c, 0);
+    default: {
+        /* A fatal alert from the peer shows up as an SSL error whose reason is the alert. */
+        unsigned long e = ERR_peek_last_error();
+        ERR_clear_error();
+        return recv_done(c, ERR_GET_REASON(e) >= SSL_AD_REASON_OFFSET ? KTLA_EALERT : KTLA_ETLS);
+    }
+    }
+    if (!c->raw) {
+        c->raw = malloc(RAW_CAP);
+        if (!c->raw)
+            return recv_done(c, -ENOMEM);
+        c->raw_cap = RAW_CAP;
+    }
+    struct io_uring_sqe *sqe = ktla_ring_sqe(c->ring);
+    if (!sqe)
+        return recv_done(c, -EBUSY);
+    io_uring_prep_recv(sqe, c->fd, c->raw, c->raw_cap, 0);
+    submit(c, sqe, &c->rop, KTLA_OP_RAW_RECV);
+}
+
+static void on_raw_recv(struct ktla_conn *c, int res)
+{
+    if (c->state != KTLA_CONN_ESTABLISHED) {
+        c->rbusy = false;
+        return;
+    }
+    if (res <= 0)
+        return recv_done(c, res == 0 ? KTLA_ETRUNCATED : res);
+    if (BIO_write(SSL_get_rbio(c->ssl), c->raw, res) != res)
+        return recv_done(c, -ENOMEM);
+    us_recv_step(c);
+}
+
+/* Kernel mode: the next record is not data. Read it with its type and act on it. */
+static void kernel_control_record(struct ktla_conn *c)
+{
+    uint8_t buf[512], type;
+    ssize_t n = ktla_ktls_recv_record(c->fd, buf, sizeof(buf), &type, MSG_DONTWAIT);
+
+    if (n < 0)
+        return recv_done(c, n);
+    if (type == KTLA_RT_ALERT && n >= 2) {
+        if (buf[1] == 0) { /* close_notify */
+            c->peer_closed = true;
+            return recv_done(c, 0);
+        }
+        /* TLS 1.2 warning alerts other than close_notify carry no meaning worth a close. */
+        if (buf[0] == 1 && c->info.version == KTLA_TLS1_2) {
+            if (recv_submit_socket(c, c->rbuf, c->rlen) < 0)
+                recv_done(c, -EBUSY);
+            return;
+        }
+        return recv_done(c, KTLA_EALERT);
+    }
+    /* Post-handshake handshake messages (KeyUpdate) are not carried yet: see KTLA_EKEYEXPIRED. */
+    recv_done(c, type == KTLA_RT_HANDSHAKE ? KTLA_EKEYEXPIRED : KTLA_ETLS);
+}
+
+static void on_recv(struct ktla_conn *c, int res)
+{
+    if (c->state != KTLA_CONN_ESTABLISHED) {
+        c->rbusy = false;
+        return;
+    }
+    /* Early plaintext and end of stream after close_notify come back through a NOP. */
+    if (c->early && c->early_off < c->early_len) {
+        size_t n = c->early_len - c->early_off;
+        if (n > c->rlen)
+            n = c->rlen;
+        memcpy(c->rbuf, c->early + c->early_off, n);
+        c->early_off += n;
+        if (c->early_off == c->early_len) {
+            OPENSSL_clear_free(c->early, c->early_len);
+            c->early = NULL;
+            c->early_len = c->early_off = 0;
+        }
+        return recv_done(c, (ssize_t)n);
+    }
+    if (c->peer_closed)
+        return recv_done(c, 0);
+
+    if (c->info.rx_mode == KTLA_MODE_USERSPACE)
+        return us_recv_step(c);
+    if (res > 0)
+        return recv_done(c, res);
+    if (res == 0)
+        return recv_done(c, c->peer_closed ? 0 : KTLA_ETRUNCATED);
+    if (res == -EIO)
+        return kernel_control_record(c);
+    recv_done(c, ktla_ktls_error(-res, KTLA_OP_IO));
+}
+
+int ktla_conn_recv(struct ktla_conn *c, void *buf, size_t len, ktla_io_cb cb, void *arg)
+{
+    if (!c || !buf || !len || !cb)
+        return KTLA_EINVAL;
+    if (c->state != KTLA_CONN_ESTABLISHED)
+        return KTLA_ECLOSED;
+    if (c->rbusy)
+        return KTLA_EBUSY;
+    c->rbuf = buf;
+    c->rlen = len;
+    c->rcb = cb;
+    c->rarg = arg;
+    int ret;
+    if (c->early || c->peer_closed || c->info.rx_mode == KTLA_MODE_USERSPACE)
+        ret = recv_submit_nop(c);
+    else
+        ret = recv_submit_socket(c, buf, len);
+    if (ret < 0)
+        return ret;
+    c->rbusy = true;
+    return 0;
+}
+
+/* ---- sending: buffers and files */
+
+static void send_done(struct ktla_conn *c, ssize_t result)
+{
+    ktla_io_cb cb = c->scb;
+    c->sbusy = false;
+    c->file_fd = -1;
+    if (c->state == KTLA_CONN_ESTABLISHED)
+        cb(c, result, c->sarg);
+}
+
+static bool submit_send(struct ktla_conn *c, const void *buf, size_t len)
+{
+    struct io_uring_sqe *sqe = ktla_ring_sqe(c->ring);
+    if (!sqe)
+        return false;
+    io_uring_prep_send(sqe, c->fd, buf, len, MSG_NOSIGNAL);
+    return submit(c, sqe, &c->wop, KTLA_OP_SEND);
+}
+
+static bool submit_pollout(struct ktla_conn *c)
+{
+    struct io_uring_sqe *sqe = ktla_ring_sqe(c->ring);
+    if (!sqe)
+        return false;
+    io_uring_prep_poll_add(sqe, c->fd, POLLOUT);
+    return submit(c, sqe, &c->wop, KTLA_OP_POLLOUT);
+}
+
+/* Kernel mode: sendfile(2) into the TLS socket until it is full, then wait for room. */
+static void kernel_sendfile_step(struct ktla_conn *c)
+{
+    size_t slice = 0;
+
+    while (c->sdone < c->slen) {
+        off_t off = (off_t)(c->file_off + c->sdone);
+        size_t left = c->slen - c->sdone;
+        ssize_t n = sendfile(c->fd, c->file_fd, &off, left);
+        if (n > 0) {
+            c->sdone += (size_t)n;
+            slice += (size_t)n;
+            /* Yield now and then, so one large file does not starve other connections. */
+            if (slice >= SENDFILE_SLICE && c->sdone < c->slen) {
+                if (!submit_pollout(c))
+                    send_done(c, -EBUSY);
+                return;
+            }
+            continue;
+        }
+        if (n == 0) /* the file is shorter than promised */
+            return send_done(c, -ENODATA);
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN) {
+            if (!submit_pollout(c))
+                send_done(c, -EBUSY);
+            return;
+        }
+        return send_done(c, ktla_ktls_error(errno, KTLA_OP_IO));
+    }
+    send_done(c, (ssize_t)c->slen);
+}
+
+/* Userspace mode: plaintext to ciphertext in c->enc. */
+static int us_encrypt(struct ktla_conn *c, const void *p, size_t n)
+{
+    if (SSL_write(c->ssl, p, (int)n) != (int)n) {
+        ERR_clear_error();
+        return KTLA_ETLS;
+    }
+    BIO *wbio = SSL_get_wbio(c->ssl);
+    size_t pending = BIO_ctrl_pending(wbio);
+    if (pending > c->enc_cap) {
+        uint8_t *e = realloc(c->enc, pending);
+        if (!e)
+            return -ENOMEM;
+        c->enc = e;
+        c->enc_cap = pending;
+    }
+    c->enc_len = (size_t)BIO_read(wbio, c->enc, (int)pending);
+    c->enc_off = 0;
+    return 0;
+}
+
+/* Userspace mode: send what is encrypted, else encrypt the next piece (from memory or file). */
+static void us_send_step(struct ktla_conn *c)
+{
+    if (c->enc_off < c->enc_len) {
+        if (!submit_send(c, c->enc + c->enc_off, c->enc_len - c->enc_off))
+            send_done(c, -EBUSY);
+        return;
+    }
+    c->enc_off = c->enc_len = 0;
+    if (c->sdone == c->slen)
+        return send_done(c, (ssize_t)c->slen);
+    size_t n = c->slen - c->sdone;
+    if (n > TLS_CHUNK)
+        n = TLS_CHUNK;
+    if (c->file_fd >= 0) {
+        if (!c->chunk && !(c->chunk = malloc(TLS_CHUNK)))
+            return send_done(c, -ENOMEM);
+        struct io_uring_sqe *sqe = ktla_ring_sqe(c->ring);
+        if (!sqe)
+            return send_done(c, -EBUSY);
+        io_uring_prep_read(sqe, c->file_fd, c->chunk, (unsigned)n, c->file_off + c->sdone);
+        submit(c, sqe, &c->wop, KTLA_OP_FILE_READ);
+        return;
+    }
+    int ret = us_encrypt(c, c->sbuf + c->sdone, n);
+    if (ret < 0)
+        return send_done(c, ret);
+    c->sdone += n;
+    us_send_step(c);
+}
+
+static void on_file_read(struct ktla_conn *c, int res)
+{
+    if (res <= 0)
+        return send_done(c, res == 0 ? -ENODATA : res);
+    int ret = us_encrypt(c, c->chunk, (size_t)res);
+    if (ret < 0)
+        return send_done(c, ret);
+    c->sdone += (size_t)res;
+    us_send_step(c);
+}
+
+static void on_send(struct ktla_conn *c, int res)
+{
+    if (res < 0)
+        return send_done(c, res == -EIO ? KTLA_ETLS : res);
+    if (c->info.tx_mode == KTLA_MODE_USERSPACE) {
+        c->enc_off += (size_t)res;
+        return us_send_step(c);
+    }
+    c->sdone += (size_t)res;
+    if (c->sdone < c->slen) {
+        if (!submit_send(c, c->sbuf + c->sdone, c->slen - c->sdone))
+            send_done(c, -EBUSY);
+        return;
+    }
+    send_done(c, (ssize_t)c->slen);
+}
+
+static int start_send(struct ktla_conn *c, ktla_io_cb cb, void *arg)
+{
+    if (c->state != KTLA_CONN_ESTABLISHED)
+        return KTLA_ECLOSED;
+    if (c->sbusy)
+        return KTLA_EBUSY;
+    c->scb = cb;
+    c->sarg = arg;
+    c->sdone = 0;
+    return 0;
+}
+
+int ktla_conn_send(struct ktla_conn *c, const void *buf, size_t len, ktla_io_cb cb, void *arg)
+{
+    if (!c || !buf || !len || !cb)
+        return KTLA_EINVAL;
+    int ret = start_send(c, cb, arg);
+    if (ret < 0)
+        return ret;
+    c->sbuf = buf;
+    c->slen = len;
+    c->file_fd = -1;
+    if (c->info.tx_mode == KTLA_MODE_KERNEL) {
+        if (!submit_send(c, buf, len))
+            return -EBUSY;
+        c->sbusy = true;
+        return 0;
+    }
+    /* Encrypting now is fine: only the completion must not run inside this call. */
+    ret = us_encrypt(c, buf, len < TLS_CHUNK ? len : TLS_CHUNK);
+    if (ret < 0)
+        return ret;
+    c->sdone = len < TLS_CHUNK ? len : TLS_CHUNK;
+    if (!submit_send(c, c->enc, c->enc_len))
+        return -EBUSY;
+    c->sbusy = true;
+    return 0;
+}
+
+int ktla_conn_sendfile(struct ktla_conn *c, int file_fd, uint64_t offset, size_t count,
+                       ktla_io_cb cb, void *arg)
+{
+    if (!c || file_fd < 0 || !count || !cb)
+        return KTLA_EINVAL;
+    int ret = start_send(c, cb, arg);
+    if (ret < 0)
+        return ret;
+    c->sbuf = NULL;
+    c->slen = count;
+    c->file_fd = file_fd;
+    c->file_off = offset;
+    bool ok;
+    if (c->info.tx_mode == KTLA_MODE_KERNEL) {
+        ok = submit_pollout(c);
+    } else {
+        if (!c->chunk && !(c->chunk = malloc(TLS_CHUNK)))
+            return -ENOMEM;
+        struct io_uring_sqe *sqe = ktla_ring_sqe(c->ring);
+        ok = sqe != NULL;
+        if (ok) {
+            io_uring_prep_read(sqe, file_fd, c->chunk, (unsigned)(count < TLS_CHUNK ? count : TLS_CHUNK),
+                               offset);
+            submit(c, sqe, &c->wop, KTLA_OP_FILE_READ);
+        }
+    }
+    if (!ok) {
+        c->file_fd = -1;
+        return -EBUSY;
+    }
+    c->sbusy = true;
+    return 0;
+}
+
+/* ---- closing and routing */
+
+void ktla_conn_close(struct ktla_conn *c)
+{
+    if (!c)
+        return;
+    if (c->state == KTLA_CONN_ESTABLISHED) {
+        /* close_notify, best effort and without waiting: a peer that reads nothing more must not
+         * hold the connection open. */
+        if (c->info.tx_mode == KTLA_MODE_KERNEL) {
+            ktla_ktls_send_record(c->fd, KTLA_RT_ALERT, close_notify, sizeof(close_notify),
+                                  MSG_DONTWAIT);
+        } else if (c->ssl) {
+            SSL_shutdown(c->ssl);
+            char *data;
+            long n = BIO_get_mem_data(SSL_get_wbio(c->ssl), &data);
+            if (n > 0 && c->enc_off >= c->enc_len)
+                (void)!send(c->fd, data, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL);
+            ERR_clear_error();
+        }
+    }
+    c->state = KTLA_CONN_CLOSING;
+    if (c->inflight)
+        shutdown(c->fd, SHUT_RDWR);
+    ktla_conn_reap(c);
+}
+
+void ktla_conn_complete(struct ktla_op *op, struct io_uring_cqe *cqe)
+{
+    struct ktla_conn *c = op->conn;
+
+    c->inflight--;
+    if (c->state != KTLA_CONN_ESTABLISHED) {
+        ktla_conn_reap(c);
+        return;
+    }
+    switch (op->kind) {
+    case KTLA_OP_RECV:
+        on_recv(c, cqe->res);
+        break;
+    case KTLA_OP_RAW_RECV:
+        on_raw_recv(c, cqe->res);
+        break;
+    case KTLA_OP_SEND:
+        on_send(c, cqe->res);
+        break;
+    case KTLA_OP_POLLOUT:
+        if (cqe->res < 0)
+            send_done(c, cqe->res);
+        else
+            kernel_sendfile_step(c);
+        break;
+    case KTLA_OP_FILE_READ:
+        on_file_read(c, cqe->res);
+        break;
+    default:
+        break;
+    }
+}

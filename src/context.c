@@ -1,0 +1,699 @@
+/*
+ * The TLS context: one server SSL_CTX per certificate, all with the same settings, the one to
+ * use chosen by SNI; ALPN by server preference; session tickets sealed with keys that several
+ * processes can share.
+ *
+ * Lifetimes. A handshake holds its SSL and the SSL holds its SSL_CTX, nothing else: the ktla_ctx
+ * may be freed, or its certificates replaced, while handshakes run. So everything a callback
+ * needs hangs off the SSL_CTX as ex_data, owned through it:
+ * - every SSL_CTX holds a reference on its ktla_ctx's `struct common` (settings, ALPN list and
+ *   the ticket key set), so all of them, across reloads, seal and open tickets with one key set;
+ * - a default SSL_CTX owns the `struct sni_set` of the SNI SSL_CTXs built with it, so a handshake
+ *   that began before a reload still switches among the certificates of its own generation.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <openssl/x509v3.h>
+
+#include "context.h"
+#include "keys.h"
+
+_Static_assert(KTLA_TLS1_2 == TLS1_2_VERSION && KTLA_TLS1_3 == TLS1_3_VERSION,
+               "ktla versions are the wire versions, as OpenSSL's are");
+
+/* Only AEAD suites with ECDHE: what kernel TLS can carry, with forward secrecy. */
+#define TLS13_SUITES "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+#define TLS12_SUITES                                                                               \
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"                                   \
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"                                   \
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+#define GROUPS "X25519:P-256:P-384"
+#define DEFAULT_TLS13_TICKETS 2
+
+/*
+ * OpenSSL refuses a session whose session ID context differs from the SSL's; one constant for
+ * every SSL_CTX and every process keeps a ticket valid across certificates and processes.
+ */
+static const unsigned char sid_ctx[] = "ktla";
+
+/* SAN DNS names only (the subject CN is legacy), and "*" only as a whole label. */
+#define SNI_MATCH_FLAGS (X509_CHECK_FLAG_NEVER_CHECK_SUBJECT | X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS)
+
+/* One key of the ticket key file, in the file's layout. */
+struct ticket_key {
+    unsigned char name[16]; /* OpenSSL's ticket key name length, sent in each ticket */
+    unsigned char hmac[32];
+    unsigned char aes[32];
+};
+_Static_assert(sizeof(struct ticket_key) == 80, "the ticket key file is made of 80-byte keys");
+
+struct ticket_keys {
+    size_t n;
+    struct ticket_key key[]; /* key[0] seals new tickets; all of them open tickets */
+};
+
+/* What every SSL_CTX of one ktla_ctx shares, whichever certificate generation it belongs to. */
+struct common {
+    atomic_int refs;
+    int min_version, max_version;
+    size_t tls13_tickets;
+    bool no_tickets;
+    unsigned char *alpn; /* server preference, ALPN wire format; NULL: no ALPN */
+    size_t alpn_len;
+    EVP_CIPHER *aes_cbc; /* fetched once rather than per ticket */
+    /*
+     * Held only to copy one key out or to swap the set, never across crypto, so handshakes on
+     * many threads and a reload on another never wait long for each other.
+     */
+    pthread_mutex_t keys_lock;
+    struct ticket_keys *keys;
+};
+
+/* The SSL_CTXs of one certificate generation, in configuration order. */
+struct sni_set {
+    size_t n;
+    SSL_CTX *ssl_ctx[]; /* [0] is the default, which owns this set, so holds no reference */
+};
+
+struct ktla_ctx {
+    atomic_int refs;
+    struct common *common;
+    pthread_mutex_t lock;
+    SSL_CTX *current; /* guarded by lock: the default SSL_CTX of the newest generation */
+};
+
+static int common_idx = -1, sni_idx = -1;
+static pthread_once_t ex_once = PTHREAD_ONCE_INIT;
+
+static void ticket_keys_free(struct ticket_keys *k)
+{
+    if (!k)
+        return;
+    OPENSSL_cleanse(k->key, k->n * sizeof(k->key[0]));
+    free(k);
+}
+
+static void common_unref(struct common *c)
+{
+    if (!c || atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    ticket_keys_free(c->keys);
+    pthread_mutex_destroy(&c->keys_lock);
+    EVP_CIPHER_free(c->aes_cbc);
+    free(c->alpn);
+    free(c);
+}
+
+/* OpenSSL calls these for every SSL_CTX it frees, ours or not: ptr is NULL for the others. */
+static void common_ex_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
+                           void *argp)
+{
+    (void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
+    common_unref(ptr);
+}
+
+static void sni_ex_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
+{
+    struct sni_set *set = ptr;
+
+    (void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
+    if (!set)
+        return;
+    for (size_t i = 1; i < set->n; i++)
+        SSL_CTX_free(set->ssl_ctx[i]);
+    free(set);
+}
+
+static void ex_indices_init(void)
+{
+    common_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, common_ex_free);
+    sni_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, sni_ex_free);
+}
+
+/* Key files and PEM keys must never make OpenSSL prompt on the terminal for a passphrase. */
+static int no_password(char *buf, int size, int rwflag, void *u)
+{
+    (void)buf, (void)size, (void)rwflag, (void)u;
+    return -1;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Session tickets
+ */
+
+/*
+ * Reads a whole key file. Its size is taken from fstat, so a path that is not a regular file
+ * (a pipe, /dev/urandom) has size 0 and is refused instead of read without end.
+ */
+static int ticket_keys_read(const char *path, struct ticket_keys **out)
+{
+    struct ticket_keys *k;
+    struct stat st;
+    unsigned char extra;
+    size_t size, got = 0;
+    ssize_t n;
+    int fd, ret = KTLA_ETICKETKEY;
+
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return KTLA_ETICKETKEY;
+    if (fstat(fd, &st) < 0 || st.st_size <= 0 || st.st_size % sizeof(struct ticket_key) != 0)
+        goto close_fd;
+    size = (size_t)st.st_size;
+    k = malloc(sizeof(*k) + size);
+    if (!k) {
+        ret = -ENOMEM;
+        goto close_fd;
+    }
+    k->n = size / sizeof(struct ticket_key);
+    while (got < size) {
+        n = read(fd, (unsigned char *)k->key + got, size - got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            goto free_keys;
+        got += (size_t)n;
+    }
+    /* A file still being written (not renamed into place) would give a torn key set. */
+    do
+        n = read(fd, &extra, 1);
+    while (n < 0 && errno == EINTR);
+    OPENSSL_cleanse(&extra, sizeof(extra));
+    if (n != 0)
+        goto free_keys;
+    close(fd);
+    *out = k;
+    return 0;
+
+free_keys:
+    ticket_keys_free(k);
+close_fd:
+    close(fd);
+    return ret;
+}
+
+/* One key good for this process only: tickets from other processes will not open. */
+static int ticket_keys_random(struct ticket_keys **out)
+{
+    struct ticket_keys *k = malloc(sizeof(*k) + sizeof(k->key[0]));
+
+    if (!k)
+        return -ENOMEM;
+    k->n = 1;
+    if (RAND_bytes(k->key[0].name, sizeof(k->key[0].name)) != 1 ||
+        RAND_priv_bytes(k->key[0].hmac, sizeof(k->key[0].hmac)) != 1 ||
+        RAND_priv_bytes(k->key[0].aes, sizeof(k->key[0].aes)) != 1) {
+        ticket_keys_free(k);
+        ERR_clear_error();
+        return -EIO; /* the random generator could not be seeded */
+    }
+    *out = k;
+    return 0;
+}
+
+static void common_set_keys(struct common *c, struct ticket_keys *keys)
+{
+    struct ticket_keys *old;
+
+    pthread_mutex_lock(&c->keys_lock);
+    old = c->keys;
+    c->keys = keys;
+    pthread_mutex_unlock(&c->keys_lock);
+    ticket_keys_free(old);
+}
+
+/*
+ * OpenSSL's ticket callback (SSL_CTX_set_tlsext_ticket_key_evp_cb): sets up AES-256-CBC and
+ * HMAC-SHA256 for one ticket. Sealing uses the first key; opening finds the key by the name at
+ * the front of the ticket. Returns 1 (go on), 2 (opened with an older key: go on and issue a
+ * fresh ticket under the first key), 0 (no such key: full handshake) or -1 (error).
+ */
+static int ticket_key_cb(SSL *ssl, unsigned char name[16], unsigned char iv[EVP_MAX_IV_LENGTH],
+                         EVP_CIPHER_CTX *cipher, EVP_MAC_CTX *mac, int enc)
+{
+    struct common *c = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), common_idx);
+    struct ticket_key key;
+    size_t i;
+    int ret;
+
+    if (!c)
+        return -1;
+    if (enc) {
+        if (RAND_bytes(iv, EVP_CIPHER_get_iv_length(c->aes_cbc)) != 1)
+            return -1;
+        pthread_mutex_lock(&c->keys_lock);
+        key = c->keys->key[0];
+        pthread_mutex_unlock(&c->keys_lock);
+        memcpy(name, key.name, sizeof(key.name));
+        ret = 1;
+    } else {
+        pthread_mutex_lock(&c->keys_lock);
+        for (i = 0; i < c->keys->n; i++)
+            if (CRYPTO_memcmp(name, c->keys->key[i].name, sizeof(key.name)) == 0)
+                break;
+        if (i < c->keys->n)
+            key = c->keys->key[i];
+        pthread_mutex_unlock(&c->keys_lock);
+        if (i == c->keys->n)
+            return 0;
+        ret = i == 0 ? 1 : 2;
+    }
+
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, key.hmac, sizeof(key.hmac)),
+        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, "SHA256", 0),
+        OSSL_PARAM_construct_end(),
+    };
+    if (EVP_MAC_CTX_set_params(mac, params) != 1 ||
+        EVP_CipherInit_ex2(cipher, c->aes_cbc, key.aes, iv, enc, NULL) != 1)
+        ret = -1;
+    OPENSSL_cleanse(&key, sizeof(key));
+    return ret;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * SNI and ALPN
+ */
+
+/*
+ * The default SSL_CTX's servername callback: the first certificate, in configuration order,
+ * with a subjectAltName DNS name matching the client's SNI serves the handshake; none, or no
+ * SNI, leaves the default. SNI is acknowledged either way, so OpenSSL records it for
+ * SSL_get_servername().
+ */
+static int choose_certificate(SSL *ssl, int *alert, void *arg)
+{
+    const struct sni_set *set = arg;
+    const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+
+    if (!name)
+        return SSL_TLSEXT_ERR_OK;
+    for (size_t i = 0; i < set->n; i++) {
+        X509 *leaf = SSL_CTX_get0_certificate(set->ssl_ctx[i]);
+        if (X509_check_host(leaf, name, 0, SNI_MATCH_FLAGS, NULL) != 1)
+            continue;
+        if (i > 0 && !SSL_set_SSL_CTX(ssl, set->ssl_ctx[i])) {
+            *alert = SSL_AD_INTERNAL_ERROR; /* only allocation fails there */
+            return SSL_TLSEXT_ERR_ALERT_FATAL;
+        }
+        break;
+    }
+    return SSL_TLSEXT_ERR_OK;
+}
+
+/* The first protocol in the server's list that the client offered; none: go on without ALPN. */
+static int select_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                       const unsigned char *in, unsigned int inlen, void *arg)
+{
+    const struct common *c = arg;
+
+    (void)ssl;
+    for (size_t i = 0; i < c->alpn_len; i += 1 + c->alpn[i]) {
+        const unsigned char *want = &c->alpn[i + 1];
+        unsigned char want_len = c->alpn[i];
+        /* OpenSSL has checked the client's list; the bound only guards against a change there. */
+        for (unsigned int j = 0; j < inlen && in[j] < inlen - j; j += 1 + in[j]) {
+            if (in[j] == want_len && memcmp(&in[j + 1], want, want_len) == 0) {
+                *out = want;
+                *outlen = want_len;
+                return SSL_TLSEXT_ERR_OK;
+            }
+        }
+    }
+    return SSL_TLSEXT_ERR_NOACK;
+}
+
+/* The server's ALPN list in wire format: each protocol 1 to 255 bytes, length-prefixed. */
+static int alpn_wire(const char *const *alpn, size_t nalpn, unsigned char **out, size_t *out_len)
+{
+    size_t len = 0, off = 0;
+    unsigned char *wire;
+
+    *out = NULL;
+    *out_len = 0;
+    if (nalpn == 0)
+        return 0;
+    if (!alpn)
+        return KTLA_EINVAL;
+    for (size_t i = 0; i < nalpn; i++) {
+        size_t n = alpn[i] ? strlen(alpn[i]) : 0;
+        if (n == 0 || n > 255)
+            return KTLA_EINVAL;
+        len += 1 + n;
+    }
+    if (len > 0xffff) /* the extension's own length field */
+        return KTLA_EINVAL;
+    wire = malloc(len);
+    if (!wire)
+        return -ENOMEM;
+    for (size_t i = 0; i < nalpn; i++) {
+        size_t n = strlen(alpn[i]);
+        wire[off++] = (unsigned char)n;
+        memcpy(&wire[off], alpn[i], n);
+        off += n;
+    }
+    *out = wire;
+    *out_len = len;
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Certificates and SSL_CTXs
+ */
+
+/* The chain from PEM text, leaf first; the loop ends at the first thing that is no certificate. */
+static int use_chain_pem(SSL_CTX *sc, const char *pem)
+{
+    BIO *bio = BIO_new_mem_buf(pem, -1);
+    X509 *x;
+    unsigned long err;
+    int ret = KTLA_ECERT;
+
+    if (!bio)
+        return -ENOMEM;
+    x = PEM_read_bio_X509_AUX(bio, NULL, no_password, NULL);
+    if (!x)
+        goto free_bio;
+    if (SSL_CTX_use_certificate(sc, x) != 1)
+        goto free_x509;
+    X509_free(x);
+    while ((x = PEM_read_bio_X509(bio, NULL, no_password, NULL)) != NULL) {
+        if (SSL_CTX_add0_chain_cert(sc, x) != 1)
+            goto free_x509;
+    }
+    /* Running out of text is the normal end; anything else is a broken chain certificate. */
+    err = ERR_peek_last_error();
+    if (ERR_GET_LIB(err) == ERR_LIB_PEM && ERR_GET_REASON(err) == PEM_R_NO_START_LINE) {
+        ERR_clear_error();
+        ret = 0;
+    }
+    goto free_bio;
+
+free_x509:
+    X509_free(x);
+free_bio:
+    BIO_free(bio);
+    return ret;
+}
+
+static int use_key_pem(SSL_CTX *sc, const char *pem)
+{
+    BIO *bio = BIO_new_mem_buf(pem, -1);
+    EVP_PKEY *key;
+    int ret = KTLA_ECERT;
+
+    if (!bio)
+        return -ENOMEM;
+    key = PEM_read_bio_PrivateKey(bio, NULL, no_password, NULL);
+    if (!key)
+        goto free_bio;
+    if (SSL_CTX_use_PrivateKey(sc, key) == 1)
+        ret = 0;
+    EVP_PKEY_free(key);
+free_bio:
+    BIO_free(bio);
+    return ret;
+}
+
+static int use_certificate(SSL_CTX *sc, const struct ktla_cert_config *cc)
+{
+    int ret;
+
+    if (cc->cert_file)
+        ret = SSL_CTX_use_certificate_chain_file(sc, cc->cert_file) == 1 ? 0 : KTLA_ECERT;
+    else
+        ret = use_chain_pem(sc, cc->cert_pem);
+    if (ret < 0)
+        return ret;
+    if (cc->key_file)
+        ret = SSL_CTX_use_PrivateKey_file(sc, cc->key_file, SSL_FILETYPE_PEM) == 1 ? 0 : KTLA_ECERT;
+    else
+        ret = use_key_pem(sc, cc->key_pem);
+    if (ret < 0)
+        return ret;
+    return SSL_CTX_check_private_key(sc) == 1 ? 0 : KTLA_ECERT;
+}
+
+/* One server SSL_CTX with the context's settings and one certificate. */
+static int ssl_ctx_new(struct common *c, const struct ktla_cert_config *cc, SSL_CTX **out)
+{
+    SSL_CTX *sc;
+    uint64_t options = SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
+                       SSL_OP_CIPHER_SERVER_PREFERENCE | (c->no_tickets ? SSL_OP_NO_TICKET : 0);
+    int ret = -ENOMEM;
+
+    if ((!cc->cert_file && !cc->cert_pem) || (!cc->key_file && !cc->key_pem))
+        return KTLA_EINVAL;
+    sc = SSL_CTX_new(TLS_server_method());
+    if (!sc)
+        return -ENOMEM;
+    /* This SSL_CTX's reference: once in its ex_data, SSL_CTX_free drops it (common_ex_free). */
+    atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+    if (SSL_CTX_set_ex_data(sc, common_idx, c) != 1) {
+        common_unref(c);
+        goto free_ssl_ctx;
+    }
+    /* The lists are constants OpenSSL knows, so only allocation can make these fail. */
+    if (SSL_CTX_set_min_proto_version(sc, c->min_version) != 1 ||
+        SSL_CTX_set_max_proto_version(sc, c->max_version) != 1 ||
+        SSL_CTX_set_ciphersuites(sc, TLS13_SUITES) != 1 ||
+        SSL_CTX_set_cipher_list(sc, TLS12_SUITES) != 1 ||
+        SSL_CTX_set1_groups_list(sc, GROUPS) != 1 || SSL_CTX_set_max_early_data(sc, 0) != 1 ||
+        SSL_CTX_set_num_tickets(sc, c->no_tickets ? 0 : c->tls13_tickets) != 1 ||
+        SSL_CTX_set_session_id_context(sc, sid_ctx, sizeof(sid_ctx) - 1) != 1 ||
+        SSL_CTX_set_tlsext_ticket_key_evp_cb(sc, ticket_key_cb) != 1 ||
+        /* The kernel needs the TLS 1.3 traffic secrets, which OpenSSL only hands to a keylog
+         * callback; every SSL_CTX a handshake may be switched to by SNI must have it. */
+        ktla_keys_init_ctx(sc) != 0)
+        goto free_ssl_ctx;
+    SSL_CTX_set_options(sc, options);
+    SSL_CTX_set_mode(sc, SSL_MODE_RELEASE_BUFFERS);
+    /* Tickets carry the whole session, so the server keeps no session state to share. */
+    SSL_CTX_set_session_cache_mode(sc, SSL_SESS_CACHE_OFF);
+    if (c->alpn)
+        SSL_CTX_set_alpn_select_cb(sc, select_alpn, c);
+    SSL_CTX_set_default_passwd_cb(sc, no_password);
+    ret = use_certificate(sc, cc);
+    if (ret < 0)
+        goto free_ssl_ctx;
+    *out = sc;
+    return 0;
+
+free_ssl_ctx:
+    SSL_CTX_free(sc);
+    return ret;
+}
+
+/* One certificate generation: the default SSL_CTX, owning the SNI ones when there are any. */
+static int ssl_ctxs_new(struct common *c, const struct ktla_cert_config *certs, size_t ncerts,
+                        SSL_CTX **out)
+{
+    struct sni_set *set;
+    SSL_CTX *def;
+    int ret;
+
+    if (!certs || ncerts == 0)
+        return KTLA_EINVAL;
+    ret = ssl_ctx_new(c, &certs[0], &def);
+    if (ret < 0)
+        goto clear_errors;
+    if (ncerts > 1) {
+        ret = -ENOMEM;
+        set = malloc(sizeof(*set) + ncerts * sizeof(set->ssl_ctx[0]));
+        if (!set)
+            goto free_default;
+        set->n = 1;
+        set->ssl_ctx[0] = def;
+        if (SSL_CTX_set_ex_data(def, sni_idx, set) != 1) {
+            free(set);
+            goto free_default;
+        }
+        /* From here on, freeing the default frees the set and the SSL_CTXs already in it. */
+        for (size_t i = 1; i < ncerts; i++) {
+            ret = ssl_ctx_new(c, &certs[i], &set->ssl_ctx[i]);
+            if (ret < 0)
+                goto free_default;
+            set->n++;
+        }
+        SSL_CTX_set_tlsext_servername_callback(def, choose_certificate);
+        SSL_CTX_set_tlsext_servername_arg(def, set);
+    }
+    *out = def;
+    return 0;
+
+free_default:
+    SSL_CTX_free(def);
+clear_errors:
+    /* A stale entry would make the next SSL_get_error() on this thread report SSL_ERROR_SSL. */
+    ERR_clear_error();
+    return ret;
+}
+
+static int common_new(const struct ktla_ctx_config *cfg, struct common **out)
+{
+    struct common *c;
+    int min = cfg->min_version ? cfg->min_version : KTLA_TLS1_2;
+    int max = cfg->max_version ? cfg->max_version : KTLA_TLS1_3;
+    int ret;
+
+    if ((min != KTLA_TLS1_2 && min != KTLA_TLS1_3) || (max != KTLA_TLS1_2 && max != KTLA_TLS1_3) ||
+        min > max || cfg->tls13_tickets < -1)
+        return KTLA_EINVAL;
+    c = calloc(1, sizeof(*c));
+    if (!c)
+        return -ENOMEM;
+    atomic_init(&c->refs, 1);
+    c->min_version = min;
+    c->max_version = max;
+    /* 0 is the default so that a zero-initialised config resumes; -1 asks for none. */
+    c->tls13_tickets = cfg->tls13_tickets == 0    ? DEFAULT_TLS13_TICKETS
+                       : cfg->tls13_tickets < 0 ? 0
+                                                : (size_t)cfg->tls13_tickets;
+    c->no_tickets = cfg->no_tickets != 0;
+    ret = alpn_wire(cfg->alpn, cfg->nalpn, &c->alpn, &c->alpn_len);
+    if (ret < 0)
+        goto free_common;
+    ret = -ENOMEM;
+    c->aes_cbc = EVP_CIPHER_fetch(NULL, "AES-256-CBC", NULL);
+    if (!c->aes_cbc) {
+        ERR_clear_error();
+        goto free_alpn;
+    }
+    ret = -pthread_mutex_init(&c->keys_lock, NULL);
+    if (ret < 0)
+        goto free_cipher;
+    if (cfg->ticket_key_file)
+        ret = ticket_keys_read(cfg->ticket_key_file, &c->keys);
+    else
+        ret = ticket_keys_random(&c->keys);
+    if (ret < 0)
+        goto destroy_lock;
+    *out = c;
+    return 0;
+
+destroy_lock:
+    pthread_mutex_destroy(&c->keys_lock);
+free_cipher:
+    EVP_CIPHER_free(c->aes_cbc);
+free_alpn:
+    free(c->alpn);
+free_common:
+    free(c);
+    return ret;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The public handle
+ */
+
+int ktla_ctx_new(const struct ktla_ctx_config *cfg, struct ktla_ctx **out)
+{
+    struct ktla_ctx *ctx;
+    int ret;
+
+    if (!out)
+        return KTLA_EINVAL;
+    *out = NULL;
+    if (!cfg || !cfg->certs || cfg->ncerts == 0)
+        return KTLA_EINVAL;
+    pthread_once(&ex_once, ex_indices_init);
+    if (common_idx < 0 || sni_idx < 0)
+        return -ENOMEM;
+    ctx = calloc(1, sizeof(*ctx));
+    if (!ctx)
+        return -ENOMEM;
+    atomic_init(&ctx->refs, 1);
+    ret = -pthread_mutex_init(&ctx->lock, NULL);
+    if (ret < 0)
+        goto free_ctx;
+    ret = common_new(cfg, &ctx->common);
+    if (ret < 0)
+        goto destroy_lock;
+    ret = ssl_ctxs_new(ctx->common, cfg->certs, cfg->ncerts, &ctx->current);
+    if (ret < 0)
+        goto unref_common;
+    *out = ctx;
+    return 0;
+
+unref_common:
+    common_unref(ctx->common);
+destroy_lock:
+    pthread_mutex_destroy(&ctx->lock);
+free_ctx:
+    free(ctx);
+    return ret;
+}
+
+void ktla_ctx_ref(struct ktla_ctx *ctx)
+{
+    atomic_fetch_add_explicit(&ctx->refs, 1, memory_order_relaxed);
+}
+
+void ktla_ctx_free(struct ktla_ctx *ctx)
+{
+    if (!ctx || atomic_fetch_sub_explicit(&ctx->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    /* SSLs still using it keep their SSL_CTX, and through it the common part, alive. */
+    SSL_CTX_free(ctx->current);
+    common_unref(ctx->common);
+    pthread_mutex_destroy(&ctx->lock);
+    free(ctx);
+}
+
+SSL_CTX *ktla_ctx_ssl_ctx(struct ktla_ctx *ctx)
+{
+    SSL_CTX *sc;
+
+    pthread_mutex_lock(&ctx->lock);
+    sc = ctx->current;
+    SSL_CTX_up_ref(sc);
+    pthread_mutex_unlock(&ctx->lock);
+    return sc;
+}
+
+int ktla_ctx_load_ticket_keys(struct ktla_ctx *ctx, const char *path)
+{
+    struct ticket_keys *keys;
+    int ret;
+
+    if (!ctx || !path)
+        return KTLA_EINVAL;
+    ret = ticket_keys_read(path, &keys);
+    if (ret < 0)
+        return ret;
+    common_set_keys(ctx->common, keys);
+    return 0;
+}
+
+int ktla_ctx_reload_certs(struct ktla_ctx *ctx, const struct ktla_cert_config *certs, size_t ncerts)
+{
+    SSL_CTX *sc, *old;
+    int ret;
+
+    if (!ctx)
+        return KTLA_EINVAL;
+    ret = ssl_ctxs_new(ctx->common, certs, ncerts, &sc);
+    if (ret < 0)
+        return ret;
+    pthread_mutex_lock(&ctx->lock);
+    old = ctx->current;
+    ctx->current = sc;
+    pthread_mutex_unlock(&ctx->lock);
+    /* Handshakes in flight hold their own references to the old generation. */
+    SSL_CTX_free(old);
+    return 0;
+}

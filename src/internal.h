@@ -1,0 +1,121 @@
+/* Internal structures shared by the ring, the acceptor and the connection layer. */
+#ifndef KTLA_INTERNAL_H
+#define KTLA_INTERNAL_H
+
+#include <liburing.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "handshake.h"
+#include "ktla.h"
+
+/* What a submission was for; its completion is routed by this. */
+enum ktla_op_kind {
+    KTLA_OP_ACCEPT,
+    KTLA_OP_TIMER,
+    KTLA_OP_CANCEL,  /* the cancellation of the multishot accept */
+    KTLA_OP_NOP,     /* a completion with nothing to act on */
+    KTLA_OP_HS_RECV,
+    KTLA_OP_HS_SEND,
+    KTLA_OP_RECV,    /* established: receive (also the deferred delivery of early plaintext) */
+    KTLA_OP_RAW_RECV, /* established, userspace mode: ciphertext for OpenSSL */
+    KTLA_OP_SEND,    /* established: send, or a file chunk's ciphertext in userspace mode */
+    KTLA_OP_POLLOUT, /* established, kernel mode: sendfile waits for room */
+    KTLA_OP_FILE_READ, /* established, userspace mode: a file chunk to encrypt */
+};
+
+/* Embedded in whatever owns the operation; user_data = its address | 1 (see ktla_dispatch). */
+struct ktla_op {
+    enum ktla_op_kind kind;
+    struct ktla_acceptor *acc; /* for acceptor-level ops */
+    struct ktla_conn *conn;    /* for connection ops */
+};
+
+enum ktla_conn_state {
+    KTLA_CONN_HANDSHAKE,
+    KTLA_CONN_ESTABLISHED,
+    KTLA_CONN_CLOSING, /* waiting for its operations to finish before it is freed */
+};
+
+struct ktla_conn {
+    struct ktla_acceptor *acc;
+    struct io_uring *ring;
+    enum ktla_conn_state state;
+    int fd;
+    unsigned inflight; /* submissions whose completion has not come back */
+    struct ktla_op rop, wop;
+    struct ktla_conn_info info;
+    char alpn[32];
+    char sni[256];
+    void *user_data;
+
+    /* Handshake. */
+    struct ktla_hs *hs;
+    uint64_t start_ns, deadline_ns;
+    struct ktla_conn *dl_prev, *dl_next; /* deadline list: handshakes in start order */
+    bool hs_failed;
+    int hs_error;
+
+    /* Established. */
+    SSL *ssl;              /* userspace mode only (one direction or both) */
+    uint8_t *early;        /* plaintext that came with the handshake, not yet delivered */
+    size_t early_len, early_off;
+    bool peer_closed;      /* close_notify seen */
+    bool close_requested;
+
+    void *rbuf;            /* the application's receive in progress */
+    size_t rlen;
+    ktla_io_cb rcb;
+    void *rarg;
+    bool rbusy;
+
+    const uint8_t *sbuf;   /* the application's send in progress */
+    size_t slen, sdone;
+    int file_fd;           /* >= 0: a sendfile in progress */
+    uint64_t file_off;
+    ktla_io_cb scb;
+    void *sarg;
+    bool sbusy;
+
+    uint8_t *raw;          /* userspace mode: ciphertext received (rx) */
+    size_t raw_cap;
+    uint8_t *enc;          /* userspace mode: ciphertext to send (tx), and a file chunk */
+    size_t enc_len, enc_off, enc_cap, chunk_len;
+    uint8_t *chunk;
+};
+
+struct ktla_acceptor {
+    struct ktla_acceptor_config cfg;
+    struct io_uring own_ring;
+    struct io_uring *ring;
+    struct ktla_op accept_op, timer_op, cancel_op, nop_op;
+    bool accept_armed, accept_cancelling, timer_armed, freeing;
+    struct __kernel_timespec timer_ts;
+    struct ktla_conn *dl_head, *dl_tail;
+    struct ktla_acceptor_stats stats;
+    unsigned inflight; /* acceptor-level ops in flight */
+};
+
+/* A submission queue entry, flushing the ring once if it is full; NULL only if that failed. */
+struct io_uring_sqe *ktla_ring_sqe(struct io_uring *ring);
+
+/* Tags an SQE with `op` so ktla_dispatch can route its completion. */
+static inline void ktla_ring_tag(struct io_uring_sqe *sqe, struct ktla_op *op)
+{
+    io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)op | 1);
+}
+
+uint64_t ktla_now_ns(void);
+
+/* acceptor.c */
+void ktla_acceptor_complete(struct ktla_op *op, struct io_uring_cqe *cqe);
+void ktla_acceptor_log(struct ktla_acceptor *acc, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* conn.c: the established connection. */
+void ktla_conn_complete(struct ktla_op *op, struct io_uring_cqe *cqe);
+/* Frees the connection when it is closing and nothing of it is in flight; true if freed. */
+bool ktla_conn_reap(struct ktla_conn *c);
+void ktla_conn_destroy(struct ktla_conn *c);
+
+#endif

@@ -1,0 +1,55 @@
+/*
+ * Key derivation: from an OpenSSL SSL whose handshake is complete to the struct ktla_key
+ * descriptions the kernel layer installs. Internal to libktla. Public OpenSSL API only, so that
+ * it works on OpenSSL 3.0 and later: TLS 1.3 secrets come from the keylog callback, TLS 1.2
+ * keys from the master secret and the two randoms.
+ *
+ * Every function leaves no copy of a secret behind on its own stack; the struct ktla_key it
+ * fills is the caller's to wipe (ktla_key_wipe).
+ */
+#ifndef KTLA_KEYS_H
+#define KTLA_KEYS_H
+
+#include <openssl/ssl.h>
+
+#include "ktls.h"
+
+/*
+ * Installs the keylog callback that captures the TLS 1.3 application traffic secrets of every
+ * SSL made from `ctx`, keeping them in the SSL (wiped and freed with it, or earlier by
+ * ktla_keys_forget). Call once per SSL_CTX before its first handshake, and for every SSL_CTX an
+ * SSL may be switched to (SNI): OpenSSL logs through the SSL's current context. A keylog callback
+ * the application set before this call keeps receiving every line; one set after it replaces
+ * ours. Calling it again on the same context is harmless: it never chains to itself. 0, or
+ * -ENOMEM.
+ */
+int ktla_keys_init_ctx(SSL_CTX *ctx);
+
+/*
+ * After the handshake completed: the local side's write keys in *tx and the peer's in *rx (on a
+ * server tx is the server write key, on a client the client write key). Version and cipher are
+ * set, seq is 0 in both: the caller sets the record sequence numbers. Returns 0, or
+ * KTLA_ENOCIPHER (a suite other than AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305, or a version
+ * other than TLS 1.2 and 1.3), KTLA_EINVAL (handshake not complete, or the TLS 1.3 secrets are
+ * missing: ktla_keys_init_ctx not called, or ktla_keys_forget already called), -ENOMEM. On
+ * failure *tx and *rx are wiped.
+ */
+int ktla_keys_derive(SSL *ssl, struct ktla_key *tx, struct ktla_key *rx);
+
+/*
+ * TLS 1.3 KeyUpdate: advances the stored traffic secret of one direction (KTLA_DIR_TX: our own,
+ * KTLA_DIR_RX: the peer's) by one generation (RFC 8446 §7.2) and writes the keys derived from
+ * the new secret into *k, with version and cipher set and seq 0. Each call is one KeyUpdate in
+ * that direction. Returns 0, or KTLA_EINVAL (not TLS 1.3, secrets missing or forgotten, bad
+ * direction), KTLA_ENOCIPHER, -ENOMEM; on failure *k is wiped and the stored secret unchanged.
+ */
+int ktla_keys_update(SSL *ssl, enum ktla_dir dir, struct ktla_key *k);
+
+/*
+ * Wipes and drops the TLS 1.3 secrets captured for `ssl` now instead of when it is freed: once
+ * keys are derived and no KeyUpdate will be followed. Safe to call more than once, and on an SSL
+ * that has none.
+ */
+void ktla_keys_forget(SSL *ssl);
+
+#endif

@@ -1,0 +1,45 @@
+/*
+ * io_uring plumbing: submission entries and completion routing. ktla may share a ring with the
+ * application, so its completions are told apart by bit 0 of user_data (see ktla_dispatch).
+ */
+#include <time.h>
+
+#include "internal.h"
+
+struct io_uring_sqe *ktla_ring_sqe(struct io_uring *ring)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+    if (!sqe && io_uring_submit(ring) >= 0)
+        sqe = io_uring_get_sqe(ring);
+    return sqe;
+}
+
+uint64_t ktla_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+int ktla_dispatch(struct io_uring_cqe *cqe)
+{
+    uint64_t data = io_uring_cqe_get_data64(cqe);
+
+    if (!(data & 1))
+        return 0;
+    struct ktla_op *op = (struct ktla_op *)(uintptr_t)(data & ~(uint64_t)1);
+    switch (op->kind) {
+    case KTLA_OP_ACCEPT:
+    case KTLA_OP_TIMER:
+    case KTLA_OP_CANCEL:
+    case KTLA_OP_NOP:
+    case KTLA_OP_HS_RECV:
+    case KTLA_OP_HS_SEND:
+        ktla_acceptor_complete(op, cqe);
+        break;
+    default:
+        ktla_conn_complete(op, cqe);
+        break;
+    }
+    return 1;
+}

@@ -1,0 +1,264 @@
+/*
+ * The acceptor end to end over loopback: an OpenSSL client, the ktla acceptor with an echo
+ * application. The same tests run on the host (no kernel TLS: every connection must carry on in
+ * userspace, with the probe's reason) and inside the guest kernel with KTLA_REQUIRE_KTLS=1 (every
+ * connection must be in the kernel, both directions, verified with getsockopt).
+ */
+#include <criterion/criterion.h>
+#include <criterion/parameterized.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "echo.h"
+#include "ktls.h"
+#include "testutil.h"
+
+TestSuite(acceptor, .timeout = 120);
+
+/* The mode every connection must end up in here, and the reason when it is userspace. */
+static int expected_reason(void)
+{
+    int ret = ktla_kernel_probe(NULL);
+    const char *req = getenv("KTLA_REQUIRE_KTLS");
+    if (req && strcmp(req, "1") == 0)
+        cr_assert_eq(ret, 0, "kernel TLS required here but: %s", ktla_strerror(ret));
+    return ret;
+}
+
+static void check_modes(const struct echo_conn *ec, int reason)
+{
+    if (reason == 0) {
+        cr_assert_eq(ec->info.tx_mode, KTLA_MODE_KERNEL, "tx in userspace: %s",
+                     ktla_strerror(ec->info.tx_reason));
+        cr_assert_eq(ec->info.rx_mode, KTLA_MODE_KERNEL, "rx in userspace: %s",
+                     ktla_strerror(ec->info.rx_reason));
+        cr_assert_eq(ec->readback_tx, 0, "getsockopt(TLS_TX): %s", ktla_strerror(ec->readback_tx));
+        cr_assert_eq(ec->readback_rx, 0, "getsockopt(TLS_RX): %s", ktla_strerror(ec->readback_rx));
+    } else {
+        cr_assert_eq(ec->info.tx_mode, KTLA_MODE_USERSPACE);
+        cr_assert_eq(ec->info.rx_mode, KTLA_MODE_USERSPACE);
+        cr_assert_eq(ec->info.tx_reason, reason, "reason %s, probe says %s",
+                     ktla_err_name(ec->info.tx_reason), ktla_err_name(reason));
+    }
+}
+
+static void echo_round(struct tc *c, size_t len, uint32_t seed)
+{
+    uint8_t *out = malloc(len), *in = malloc(len);
+    cr_assert(out && in);
+    tu_pattern(out, len, seed);
+    cr_assert_eq(tc_write(c, out, len), 0);
+    cr_assert_eq(tc_read_full(c, in, len), 0, "echo of %zu bytes did not come back", len);
+    cr_assert(memcmp(in, out, len) == 0, "echo of %zu bytes differs", len);
+    free(out);
+    free(in);
+}
+
+static struct echo_conn *last_conn(struct echo_server *s, struct echo_conn *buf, int max)
+{
+    int n = echo_conns(s, buf, max);
+    cr_assert(n > 0 && n <= max, "%d connections", n);
+    return &buf[n - 1];
+}
+
+ParameterizedTestParameters(acceptor, every_version_and_cipher_echoes_both_ways)
+{
+    return cr_make_param_array(struct tu_variant, (void *)tu_variants, 6);
+}
+
+ParameterizedTest(struct tu_variant *v, acceptor, every_version_and_cipher_echoes_both_ways)
+{
+    int reason = expected_reason();
+    struct echo_opts o = {.tickets = -1};
+    struct echo_server *s = echo_start(&o);
+    struct tc c;
+    struct tc_opts co = {.version = v->version, .cipher = (int)v->cipher};
+    struct echo_conn conns[4];
+
+    cr_assert_eq(tc_connect(&c, echo_port(s), &co, NULL, 0), 0, "%s: handshake failed",
+                 tu_variant_name(v));
+    echo_round(&c, 5, 1);
+    echo_round(&c, 100000, 2);
+    echo_round(&c, 1, 3);
+    tc_close(&c, true);
+    cr_assert(echo_wait_ended(s, 1, 5000));
+    struct echo_conn *ec = last_conn(s, conns, 4);
+    cr_assert_eq(ec->info.version, v->version);
+    cr_assert_eq(ec->info.cipher, v->cipher);
+    check_modes(ec, reason);
+    cr_assert_eq(ec->last_result, 0, "close_notify should end the stream cleanly, got %s",
+                 ktla_strerror((int)ec->last_result));
+    echo_stop(s);
+}
+
+/* The client's first request leaves in the same write as its Finished. */
+ParameterizedTestParameters(acceptor, request_in_the_finished_segment_is_answered)
+{
+    return cr_make_param_array(struct tu_variant, (void *)(tu_variants + 3), 3);
+}
+
+ParameterizedTest(struct tu_variant *v, acceptor, request_in_the_finished_segment_is_answered)
+{
+    int reason = expected_reason();
+    struct echo_opts o = {.tickets = -1};
+    struct echo_server *s = echo_start(&o);
+    struct tc c;
+    struct tc_opts co = {.version = v->version, .cipher = (int)v->cipher};
+    const char req[] = "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    char back[sizeof(req)];
+    struct echo_conn conns[4];
+
+    cr_assert_eq(tc_connect(&c, echo_port(s), &co, req, sizeof(req)), 0);
+    cr_assert_eq(tc_read_full(&c, back, sizeof(back)), 0, "the pipelined request was lost");
+    cr_assert(memcmp(back, req, sizeof(req)) == 0);
+    echo_round(&c, 40000, 9); /* and the stream carries on in order after it */
+    tc_close(&c, true);
+    cr_assert(echo_wait_ended(s, 1, 5000));
+    struct echo_conn *ec = last_conn(s, conns, 4);
+    cr_assert_eq(ec->info.early_plaintext, sizeof(req),
+                 "the request should have arrived with the handshake (%zu bytes seen)",
+                 ec->info.early_plaintext);
+    check_modes(ec, reason);
+    echo_stop(s);
+}
+
+ParameterizedTestParameters(acceptor, tls13_ticket_counts_keep_the_sequence_right)
+{
+    static int counts[] = {0, 1, 2, 4};
+    return cr_make_param_array(int, counts, 4);
+}
+
+ParameterizedTest(int *tickets, acceptor, tls13_ticket_counts_keep_the_sequence_right)
+{
+    int reason = expected_reason();
+    struct echo_opts o = {.tickets = *tickets};
+    struct echo_server *s = echo_start(&o);
+    struct tc c;
+    struct tc_opts co = {.version = KTLA_TLS1_3, .cipher = -1};
+    struct echo_conn conns[4];
+
+    cr_assert_eq(tc_connect(&c, echo_port(s), &co, NULL, 0), 0);
+    echo_round(&c, 3000, 4);
+    struct echo_conn *ec = last_conn(s, conns, 4);
+    if (reason == 0)
+        cr_assert_eq(ec->readback_tx_seq, (uint64_t)*tickets,
+                     "kernel TX starts at record %llu with %d tickets",
+                     (unsigned long long)ec->readback_tx_seq, *tickets);
+    check_modes(ec, reason);
+    tc_close(&c, true);
+    echo_stop(s);
+}
+
+static void resume(uint16_t version, bool pipelined)
+{
+    int reason = expected_reason();
+    struct echo_opts o = {.tickets = -1};
+    struct echo_server *s = echo_start(&o);
+    struct tc c;
+    struct tc_opts co = {.version = version, .cipher = -1};
+    struct echo_conn conns[4];
+
+    co.ctx = tc_ctx_new(&co);
+    cr_assert_eq(tc_connect(&c, echo_port(s), &co, NULL, 0), 0);
+    echo_round(&c, 100, 5);
+    co.session = tc_session(&c);
+    cr_assert(co.session, "no resumable session after the first connection");
+    tc_close(&c, true);
+
+    const char req[] = "again";
+    cr_assert_eq(tc_connect(&c, echo_port(s), &co, pipelined ? req : NULL,
+                            pipelined ? sizeof(req) : 0),
+                 0);
+    cr_assert(SSL_session_reused(c.ssl), "the client did not resume");
+    if (pipelined) {
+        char back[sizeof(req)];
+        cr_assert_eq(tc_read_full(&c, back, sizeof(back)), 0);
+        cr_assert(memcmp(back, req, sizeof(req)) == 0);
+    }
+    echo_round(&c, 20000, 6);
+    tc_close(&c, true);
+    cr_assert(echo_wait_ended(s, 2, 5000));
+    struct echo_conn *ec = last_conn(s, conns, 4);
+    cr_assert_eq(ec->info.resumed, 1);
+    check_modes(ec, reason);
+    SSL_SESSION_free(co.session);
+    SSL_CTX_free(co.ctx);
+    echo_stop(s);
+}
+
+Test(acceptor, tls13_resumed_handshake_goes_to_the_kernel_too)
+{
+    resume(KTLA_TLS1_3, false);
+}
+
+Test(acceptor, tls12_resumed_handshake_with_a_pipelined_request)
+{
+    /* In an abbreviated TLS 1.2 handshake the client finishes last, so it can pipeline. */
+    resume(KTLA_TLS1_2, true);
+}
+
+ParameterizedTestParameters(acceptor, sendfile_delivers_the_file_intact)
+{
+    return cr_make_param_array(struct tu_variant, (void *)tu_variants, 6);
+}
+
+ParameterizedTest(struct tu_variant *v, acceptor, sendfile_delivers_the_file_intact)
+{
+    int reason = expected_reason();
+    char path[] = "/tmp/ktla-accept-file-XXXXXX";
+    int fd = mkstemp(path);
+    const size_t len = (1 << 20) + 16385;
+    uint8_t *data = malloc(len), *in = malloc(len);
+
+    cr_assert(fd >= 0 && data && in);
+    tu_pattern(data, len, 77);
+    cr_assert_eq(write(fd, data, len), (ssize_t)len);
+    close(fd);
+    struct echo_opts o = {.tickets = -1, .file = path};
+    struct echo_server *s = echo_start(&o);
+    unlink(path);
+    struct tc c;
+    struct tc_opts co = {.version = v->version, .cipher = (int)v->cipher};
+    struct echo_conn conns[4];
+
+    cr_assert_eq(tc_connect(&c, echo_port(s), &co, NULL, 0), 0);
+    cr_assert_eq(tc_write(&c, "FILE", 4), 0);
+    cr_assert_eq(tc_read_full(&c, in, len), 0);
+    cr_assert(memcmp(in, data, len) == 0, "%s: the file arrived different", tu_variant_name(v));
+    echo_round(&c, 10, 1); /* the connection is still in step afterwards */
+    tc_close(&c, true);
+    check_modes(last_conn(s, conns, 4), reason);
+    free(data);
+    free(in);
+    echo_stop(s);
+}
+
+Test(acceptor, require_policy_fails_only_where_the_kernel_cannot)
+{
+    int reason = expected_reason();
+    struct echo_opts o = {.tickets = -1, .ktls = KTLA_KTLS_REQUIRE};
+    struct echo_server *s = echo_start(&o);
+    struct tc c;
+    struct tc_opts co = {.version = KTLA_TLS1_3, .cipher = -1};
+    int code = 0;
+
+    int ret = tc_connect(&c, echo_port(s), &co, NULL, 0);
+    if (reason == 0) {
+        cr_assert_eq(ret, 0);
+        echo_round(&c, 10, 1);
+        cr_assert_eq(echo_failures(s, NULL), 0);
+    } else {
+        /* The handshake itself completes on the client; the server then closes. */
+        char b;
+        if (ret == 0)
+            cr_assert_neq(tc_read_full(&c, &b, 1), 0, "data flowed despite the require policy");
+        cr_assert(echo_wait_failures(s, 1, 5000));
+        echo_failures(s, &code);
+        cr_assert_eq(code, reason, "failed with %s, the probe said %s", ktla_err_name(code),
+                     ktla_err_name(reason));
+    }
+    tc_close(&c, false);
+    echo_stop(s);
+}

@@ -1,0 +1,171 @@
+/*
+ * Hostile and broken clients: each costs only its own connection. After each, a well-behaved
+ * client must still be served, and the process holds no more descriptors than before.
+ */
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "echo.h"
+#include "testutil.h"
+
+TestSuite(hostile, .timeout = 120);
+
+static int raw_connect(uint16_t port)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+                            .sin_port = htons(port)};
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert(fd >= 0);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    return fd;
+}
+
+/* Descriptors are closed when the server has reaped a connection, a moment after it ended. */
+static void fd_count_returns_to(int want)
+{
+    int now = tu_fd_count();
+    for (int i = 0; i < 300 && now != want; i++) {
+        usleep(10000);
+        now = tu_fd_count();
+    }
+    cr_assert_eq(now, want, "descriptors leaked: %d before, %d after", want, now);
+}
+
+static void good_client_is_served(struct echo_server *s)
+{
+    struct tc c;
+    struct tc_opts co = {.cipher = -1};
+    char buf[6];
+    cr_assert_eq(tc_connect(&c, echo_port(s), &co, NULL, 0), 0, "a good client was refused");
+    cr_assert_eq(tc_write(&c, "hello", 6), 0);
+    cr_assert_eq(tc_read_full(&c, buf, 6), 0);
+    cr_assert_str_eq(buf, "hello");
+    tc_close(&c, true);
+}
+
+static void expect_failure(struct echo_server *s, int n, int code)
+{
+    int last;
+    cr_assert(echo_wait_failures(s, n, 20000), "the bad connection was not dropped");
+    echo_failures(s, &last);
+    if (code)
+        cr_assert_eq(last, code, "dropped with %s, expected %s", ktla_err_name(last),
+                     ktla_err_name(code));
+}
+
+Test(hostile, garbage_bytes_cost_one_connection)
+{
+    struct echo_opts o = {.tickets = -1};
+    struct echo_server *s = echo_start(&o);
+    int fds = tu_fd_count();
+    int fd = raw_connect(echo_port(s));
+    uint8_t junk[300];
+    tu_pattern(junk, sizeof(junk), 3);
+    junk[0] = 0x16; /* looks like a handshake record, then is not */
+    cr_assert_eq(write(fd, junk, sizeof(junk)), (ssize_t)sizeof(junk));
+    expect_failure(s, 1, 0);
+    close(fd);
+    good_client_is_served(s);
+    cr_assert(echo_wait_ended(s, 1, 5000));
+    fd_count_returns_to(fds);
+    echo_stop(s);
+}
+
+Test(hostile, plain_http_to_the_tls_port_is_refused)
+{
+    struct echo_opts o = {.tickets = -1};
+    struct echo_server *s = echo_start(&o);
+    int fd = raw_connect(echo_port(s));
+    const char req[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    cr_assert_eq(write(fd, req, sizeof(req) - 1), (ssize_t)sizeof(req) - 1);
+    expect_failure(s, 1, KTLA_ENOTTLS);
+    close(fd);
+    good_client_is_served(s);
+    echo_stop(s);
+}
+
+Test(hostile, truncated_client_hello_then_close)
+{
+    struct echo_opts o = {.tickets = -1};
+    struct echo_server *s = echo_start(&o);
+    int fd = raw_connect(echo_port(s));
+    const uint8_t partial[] = {0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03};
+    cr_assert_eq(write(fd, partial, sizeof(partial)), (ssize_t)sizeof(partial));
+    close(fd);
+    expect_failure(s, 1, KTLA_ETRUNCATED);
+    good_client_is_served(s);
+    echo_stop(s);
+}
+
+Test(hostile, oversized_record_header_is_refused_without_buffering)
+{
+    struct echo_opts o = {.tickets = -1};
+    struct echo_server *s = echo_start(&o);
+    int fd = raw_connect(echo_port(s));
+    const uint8_t hdr[] = {0x16, 0x03, 0x01, 0xff, 0xff};
+    cr_assert_eq(write(fd, hdr, sizeof(hdr)), (ssize_t)sizeof(hdr));
+    expect_failure(s, 1, KTLA_ERECORD_OVERFLOW);
+    close(fd);
+    good_client_is_served(s);
+    echo_stop(s);
+}
+
+Test(hostile, silent_client_hits_the_deadline)
+{
+    /* Long enough for the good client's handshake under emulation (the guest runs on TCG). */
+    struct echo_opts o = {.tickets = -1, .timeout_ms = 2000};
+    struct echo_server *s = echo_start(&o);
+    int fd = raw_connect(echo_port(s));
+    good_client_is_served(s); /* served while the silent one waits */
+    expect_failure(s, 1, KTLA_ETIMEDOUT);
+    struct ktla_acceptor_stats st;
+    echo_stats(s, &st);
+    cr_assert_eq(st.timeouts, 1);
+    close(fd);
+    echo_stop(s);
+}
+
+Test(hostile, a_thousand_connect_and_close_leave_nothing_behind)
+{
+    struct echo_opts o = {.tickets = -1};
+    struct echo_server *s = echo_start(&o);
+    int fds = tu_fd_count();
+    for (int i = 0; i < 1000; i++)
+        close(raw_connect(echo_port(s)));
+    expect_failure(s, 1000, KTLA_ETRUNCATED);
+    good_client_is_served(s);
+    cr_assert(echo_wait_ended(s, 1, 5000));
+    struct ktla_acceptor_stats st;
+    echo_stats(s, &st);
+    cr_assert_eq(st.in_flight, 0);
+    fd_count_returns_to(fds);
+    echo_stop(s);
+}
+
+Test(hostile, handshake_cap_makes_new_clients_wait_not_fail)
+{
+    struct echo_opts o = {.tickets = -1, .timeout_ms = 2000, .max_handshakes = 2};
+    struct echo_server *s = echo_start(&o);
+    int a = raw_connect(echo_port(s)), b = raw_connect(echo_port(s));
+    struct ktla_acceptor_stats st = {0};
+    for (int i = 0; i < 500 && st.in_flight < 2; i++) {
+        usleep(10000);
+        echo_stats(s, &st);
+    }
+    cr_assert_eq(st.in_flight, 2, "the two silent clients should hold both slots");
+    /* This one waits in the backlog until a slot frees (a silent client times out), then
+     * completes: the cap delays, it does not refuse. */
+    good_client_is_served(s);
+    int code;
+    cr_assert_geq(echo_failures(s, &code), 1);
+    cr_assert_eq(code, KTLA_ETIMEDOUT);
+    expect_failure(s, 2, KTLA_ETIMEDOUT);
+    close(a);
+    close(b);
+    echo_stop(s);
+}

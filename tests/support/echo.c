@@ -1,0 +1,430 @@
+#include "echo.h"
+
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+
+#include "ktls.h"
+#include "memtls.h"
+#include "testutil.h"
+
+#define MAX_CONNS 4096
+
+struct echo_server {
+    struct echo_opts opts;
+    struct ktla_ctx *ctx;
+    struct ktla_acceptor *acc;
+    int lfd, file_fd;
+    uint16_t port;
+    pthread_t thread;
+    volatile bool stop;
+    pthread_mutex_t lock;
+    struct echo_conn conns[MAX_CONNS];
+    int nconns, nended, nfail, last_fail;
+    struct ktla_acceptor_stats stats;
+};
+
+struct echo_state {
+    struct echo_server *srv;
+    int idx;
+    uint8_t buf[16384];
+    bool closing;
+};
+
+static void echo_end(struct ktla_conn *conn, struct echo_state *st, ssize_t result)
+{
+    struct echo_server *s = st->srv;
+    pthread_mutex_lock(&s->lock);
+    s->conns[st->idx].last_result = result;
+    s->conns[st->idx].ended = true;
+    s->nended++;
+    pthread_mutex_unlock(&s->lock);
+    ktla_conn_close(conn);
+    free(st);
+}
+
+static void on_recv(struct ktla_conn *conn, ssize_t n, void *arg);
+
+static void on_sent(struct ktla_conn *conn, ssize_t n, void *arg)
+{
+    struct echo_state *st = arg;
+    if (n < 0)
+        return echo_end(conn, st, n);
+    int ret = ktla_conn_recv(conn, st->buf, sizeof(st->buf), on_recv, st);
+    if (ret < 0)
+        echo_end(conn, st, ret);
+}
+
+static void on_recv(struct ktla_conn *conn, ssize_t n, void *arg)
+{
+    struct echo_state *st = arg;
+    int ret;
+    if (n <= 0)
+        return echo_end(conn, st, n);
+    if (st->srv->file_fd >= 0 && n >= 4 && memcmp(st->buf, "FILE", 4) == 0) {
+        struct stat sb;
+        fstat(st->srv->file_fd, &sb);
+        ret = ktla_conn_sendfile(conn, st->srv->file_fd, 0, (size_t)sb.st_size, on_sent, st);
+    } else {
+        ret = ktla_conn_send(conn, st->buf, (size_t)n, on_sent, st);
+    }
+    if (ret < 0)
+        echo_end(conn, st, ret);
+}
+
+static void on_conn(struct ktla_conn *conn, void *arg)
+{
+    struct echo_server *s = arg;
+    const struct ktla_conn_info *info = ktla_conn_get_info(conn);
+    struct echo_state *st = calloc(1, sizeof(*st));
+    uint16_t v;
+    enum ktla_cipher c;
+
+    pthread_mutex_lock(&s->lock);
+    int idx = s->nconns < MAX_CONNS ? s->nconns++ : MAX_CONNS - 1;
+    struct echo_conn *ec = &s->conns[idx];
+    memset(ec, 0, sizeof(*ec));
+    ec->info = *info;
+    snprintf(ec->cipher_name, sizeof(ec->cipher_name), "%s", info->cipher_name);
+    ec->info.cipher_name = ec->cipher_name;
+    ec->info.alpn = ec->info.sni = NULL;
+    ec->readback_tx = ktla_ktls_get(info->fd, KTLA_DIR_TX, &v, &c, &ec->readback_tx_seq);
+    ec->readback_rx = ktla_ktls_get(info->fd, KTLA_DIR_RX, &v, &c, &ec->readback_rx_seq);
+    pthread_mutex_unlock(&s->lock);
+
+    st->srv = s;
+    st->idx = idx;
+    int ret = ktla_conn_recv(conn, st->buf, sizeof(st->buf), on_recv, st);
+    if (ret < 0)
+        echo_end(conn, st, ret);
+}
+
+static void on_fail(const char *peer, int code, const char *detail, void *arg)
+{
+    struct echo_server *s = arg;
+    (void)peer;
+    (void)detail;
+    pthread_mutex_lock(&s->lock);
+    s->nfail++;
+    s->last_fail = code;
+    pthread_mutex_unlock(&s->lock);
+}
+
+static void quiet_log(const char *line, void *arg)
+{
+    (void)arg;
+    cr_log_info("%s", line);
+}
+
+static void *server_main(void *arg)
+{
+    struct echo_server *s = arg;
+    while (!s->stop) {
+        ktla_acceptor_run(s->acc, 20);
+        pthread_mutex_lock(&s->lock);
+        ktla_acceptor_get_stats(s->acc, &s->stats);
+        pthread_mutex_unlock(&s->lock);
+    }
+    return NULL;
+}
+
+struct echo_server *echo_start(const struct echo_opts *o)
+{
+    struct echo_server *s = calloc(1, sizeof(*s));
+    char *cert, *key;
+
+    cr_assert(s);
+    s->opts = *o;
+    pthread_mutex_init(&s->lock, NULL);
+    tu_selfsigned_pem(&cert, &key);
+    struct ktla_cert_config cc = {.cert_pem = cert, .key_pem = key};
+    struct ktla_ctx_config cfg = {
+        .certs = &cc,
+        .ncerts = 1,
+        .min_version = o->min_version,
+        .max_version = o->max_version,
+        /* echo_opts counts plainly (-1 default, 0 none); the library's 0 is its default. */
+        .tls13_tickets = o->tickets < 0 ? 0 : o->tickets == 0 ? -1 : o->tickets,
+    };
+    int ret = ktla_ctx_new(&cfg, &s->ctx);
+    free(cert);
+    free(key);
+    cr_assert_eq(ret, 0, "ktla_ctx_new: %s", ktla_strerror(ret));
+    s->lfd = tu_listen(&s->port);
+    s->file_fd = o->file ? open(o->file, O_RDONLY | O_CLOEXEC) : -1;
+    struct ktla_acceptor_config ac = {
+        .listen_fd = s->lfd,
+        .ctx = s->ctx,
+        .ktls = o->ktls,
+        .max_handshakes = o->max_handshakes,
+        .handshake_timeout_ms = o->timeout_ms,
+        .on_conn = on_conn,
+        .on_fail = on_fail,
+        .log = quiet_log,
+        .arg = s,
+    };
+    ret = ktla_acceptor_new(&ac, &s->acc);
+    cr_assert_eq(ret, 0, "ktla_acceptor_new: %s", ktla_strerror(ret));
+    cr_assert_eq(pthread_create(&s->thread, NULL, server_main, s), 0);
+    return s;
+}
+
+uint16_t echo_port(const struct echo_server *s)
+{
+    return s->port;
+}
+
+int echo_conns(struct echo_server *s, struct echo_conn *out, int max)
+{
+    pthread_mutex_lock(&s->lock);
+    int n = s->nconns < max ? s->nconns : max;
+    memcpy(out, s->conns, (size_t)n * sizeof(*out));
+    n = s->nconns;
+    pthread_mutex_unlock(&s->lock);
+    return n;
+}
+
+int echo_failures(struct echo_server *s, int *last_code)
+{
+    pthread_mutex_lock(&s->lock);
+    int n = s->nfail;
+    if (last_code)
+        *last_code = s->last_fail;
+    pthread_mutex_unlock(&s->lock);
+    return n;
+}
+
+void echo_stats(struct echo_server *s, struct ktla_acceptor_stats *out)
+{
+    pthread_mutex_lock(&s->lock);
+    *out = s->stats;
+    pthread_mutex_unlock(&s->lock);
+}
+
+static bool wait_count(struct echo_server *s, int *field, int n, int ms)
+{
+    for (int waited = 0; waited <= ms; waited += 5) {
+        pthread_mutex_lock(&s->lock);
+        int v = *field;
+        pthread_mutex_unlock(&s->lock);
+        if (v >= n)
+            return true;
+        usleep(5000);
+    }
+    return false;
+}
+
+bool echo_wait_ended(struct echo_server *s, int n, int ms)
+{
+    return wait_count(s, &s->nended, n, ms);
+}
+
+bool echo_wait_failures(struct echo_server *s, int n, int ms)
+{
+    return wait_count(s, &s->nfail, n, ms);
+}
+
+void echo_stop(struct echo_server *s)
+{
+    s->stop = true;
+    pthread_join(s->thread, NULL);
+    ktla_acceptor_free(s->acc);
+    ktla_ctx_free(s->ctx);
+    close(s->lfd);
+    if (s->file_fd >= 0)
+        close(s->file_fd);
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+}
+
+/* ---- the client */
+
+static const char *tls12_suite(int cipher)
+{
+    switch (cipher) {
+    case KTLA_CIPHER_AES_128_GCM:
+        return "ECDHE-ECDSA-AES128-GCM-SHA256";
+    case KTLA_CIPHER_AES_256_GCM:
+        return "ECDHE-ECDSA-AES256-GCM-SHA384";
+    case KTLA_CIPHER_CHACHA20_POLY1305:
+        return "ECDHE-ECDSA-CHACHA20-POLY1305";
+    default:
+        return "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+               "ECDHE-ECDSA-CHACHA20-POLY1305";
+    }
+}
+
+static const char *tls13_suite(int cipher)
+{
+    switch (cipher) {
+    case KTLA_CIPHER_AES_128_GCM:
+        return "TLS_AES_128_GCM_SHA256";
+    case KTLA_CIPHER_AES_256_GCM:
+        return "TLS_AES_256_GCM_SHA384";
+    case KTLA_CIPHER_CHACHA20_POLY1305:
+        return "TLS_CHACHA20_POLY1305_SHA256";
+    default:
+        return "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
+    }
+}
+
+static int flush_out(struct tc *c)
+{
+    char *data;
+    BIO *wbio = SSL_get_wbio(c->ssl);
+    long n = BIO_get_mem_data(wbio, &data);
+    for (long done = 0; done < n;) {
+        ssize_t w = write(c->fd, data + done, (size_t)(n - done));
+        if (w <= 0)
+            return -1;
+        done += w;
+    }
+    (void)BIO_reset(wbio);
+    return 0;
+}
+
+static int fill_in(struct tc *c)
+{
+    uint8_t buf[16384];
+    ssize_t n = read(c->fd, buf, sizeof(buf));
+    if (n <= 0)
+        return -1;
+    BIO_write(SSL_get_rbio(c->ssl), buf, (int)n);
+    return 0;
+}
+
+SSL_CTX *tc_ctx_new(const struct tc_opts *o)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    cr_assert(ctx);
+    SSL_CTX_set_min_proto_version(ctx, o->version ? o->version : TLS1_2_VERSION);
+    SSL_CTX_set_max_proto_version(ctx, o->version ? o->version : TLS1_3_VERSION);
+    cr_assert(SSL_CTX_set_cipher_list(ctx, tls12_suite(o->cipher)) == 1);
+    cr_assert(SSL_CTX_set_ciphersuites(ctx, tls13_suite(o->cipher)) == 1);
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT);
+    return ctx;
+}
+
+int tc_connect(struct tc *c, uint16_t port, const struct tc_opts *o, const void *first,
+               size_t first_len)
+{
+    struct sockaddr_in addr = {.sin_family = AF_INET,
+                               .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+                               .sin_port = htons(port)};
+    int one = 1;
+
+    memset(c, 0, sizeof(*c));
+    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert(c->fd >= 0);
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (connect(c->fd, (struct sockaddr *)&addr, sizeof(addr)) < 0)
+        return -1;
+    if (o->ctx) {
+        SSL_CTX_up_ref(o->ctx);
+        c->ctx = o->ctx;
+    } else {
+        c->ctx = tc_ctx_new(o);
+    }
+    c->ssl = SSL_new(c->ctx);
+    cr_assert(c->ssl);
+    BIO *rbio = BIO_new(BIO_s_mem()), *wbio = BIO_new(BIO_s_mem());
+    BIO_set_mem_eof_return(rbio, -1);
+    SSL_set_bio(c->ssl, rbio, wbio);
+    SSL_set_connect_state(c->ssl);
+    SSL_set_tlsext_host_name(c->ssl, (char *)(o->sni ? o->sni : "localhost"));
+    if (o->session)
+        SSL_set_session(c->ssl, o->session);
+    for (;;) {
+        int r = SSL_do_handshake(c->ssl);
+        if (r == 1) {
+            /* The request rides with the Finished still in the write BIO: one write(2). */
+            if (first && SSL_write(c->ssl, first, (int)first_len) != (int)first_len)
+                return -1;
+            return flush_out(c);
+        }
+        if (SSL_get_error(c->ssl, r) != SSL_ERROR_WANT_READ)
+            return -1;
+        if (flush_out(c) < 0 || fill_in(c) < 0)
+            return -1;
+    }
+}
+
+int tc_write(struct tc *c, const void *buf, size_t len)
+{
+    for (size_t done = 0; done < len;) {
+        size_t n = len - done > 16384 ? 16384 : len - done;
+        if (SSL_write(c->ssl, (const uint8_t *)buf + done, (int)n) != (int)n)
+            return -1;
+        if (flush_out(c) < 0)
+            return -1;
+        done += n;
+    }
+    return 0;
+}
+
+int tc_read_full(struct tc *c, void *buf, size_t len)
+{
+    size_t got = 0;
+    while (got < len) {
+        int n = SSL_read(c->ssl, (uint8_t *)buf + got, (int)(len - got));
+        if (n > 0) {
+            got += (size_t)n;
+            continue;
+        }
+        if (SSL_get_error(c->ssl, n) != SSL_ERROR_WANT_READ)
+            return -1;
+        if (flush_out(c) < 0 || fill_in(c) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+SSL_SESSION *tc_session(struct tc *c)
+{
+    SSL_SESSION *s = SSL_get1_session(c->ssl);
+    if (s && !SSL_SESSION_is_resumable(s)) {
+        SSL_SESSION_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void tc_close(struct tc *c, bool close_notify)
+{
+    if (c->ssl && close_notify) {
+        SSL_shutdown(c->ssl);
+        flush_out(c);
+    }
+    if (c->ssl)
+        SSL_free(c->ssl);
+    if (c->ctx)
+        SSL_CTX_free(c->ctx);
+    if (c->fd >= 0)
+        close(c->fd);
+    memset(c, 0, sizeof(*c));
+    c->fd = -1;
+    ERR_clear_error();
+}
+
+int tu_fd_count(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    int n = 0;
+    cr_assert(d);
+    while (readdir(d))
+        n++;
+    closedir(d);
+    return n - 3; /* ".", ".." and the directory's own descriptor */
+}

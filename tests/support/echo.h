@@ -1,0 +1,86 @@
+/*
+ * An echo server on the ktla acceptor, running its own ring on a thread, and a TLS client that
+ * drives OpenSSL over memory BIOs on a plain socket so a test controls exactly which bytes leave
+ * in which write (the client's Finished and its first request in one segment, for instance).
+ */
+#ifndef KTLA_ECHO_H
+#define KTLA_ECHO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <openssl/ssl.h>
+
+#include "ktla.h"
+
+struct echo_opts {
+    uint16_t min_version, max_version; /* 0: ktla's defaults */
+    int tickets;                       /* TLS 1.3 tickets; -1: default */
+    enum ktla_ktls_policy ktls;
+    unsigned timeout_ms, max_handshakes; /* 0: ktla's defaults */
+    const char *file; /* a request starting with "FILE" is answered with this file's bytes */
+};
+
+/* What the server saw of one established connection. */
+struct echo_conn {
+    struct ktla_conn_info info;
+    char cipher_name[64];
+    int readback_tx, readback_rx;  /* ktla_ktls_get on the server socket: 0 or the code */
+    uint64_t readback_tx_seq, readback_rx_seq;
+    ssize_t last_result;           /* how the connection ended, from the server's side */
+    bool ended;
+};
+
+struct echo_server;
+
+struct echo_server *echo_start(const struct echo_opts *o);
+uint16_t echo_port(const struct echo_server *s);
+/* Copies of the connections so far (up to max) and how many there were. */
+int echo_conns(struct echo_server *s, struct echo_conn *out, int max);
+/* Failed handshakes so far, and the code of the last one. */
+int echo_failures(struct echo_server *s, int *last_code);
+void echo_stats(struct echo_server *s, struct ktla_acceptor_stats *out);
+/* Waits up to ms for `n` connections to have ended on the server side. */
+bool echo_wait_ended(struct echo_server *s, int n, int ms);
+bool echo_wait_failures(struct echo_server *s, int n, int ms);
+void echo_stop(struct echo_server *s);
+
+struct tc {
+    int fd;
+    SSL_CTX *ctx;
+    SSL *ssl;
+};
+
+
+struct tc_opts {
+    uint16_t version;     /* 0: either */
+    int cipher;           /* enum ktla_cipher, or -1: any */
+    SSL_SESSION *session; /* resume this session */
+    SSL_CTX *ctx;         /* reuse this client context (the one the session came from) */
+    const char *sni;
+};
+
+/* The client context tc_connect would make for these options; the caller frees it. */
+SSL_CTX *tc_ctx_new(const struct tc_opts *o);
+
+/*
+ * Connects to 127.0.0.1:port and handshakes. With `first`, that request is encrypted right after
+ * the client's Finished and both leave in one write(2). 0, or -1 (the test decides).
+ */
+int tc_connect(struct tc *c, uint16_t port, const struct tc_opts *o, const void *first,
+               size_t first_len);
+/* Writes all of buf as application data. 0 or -1. */
+int tc_write(struct tc *c, const void *buf, size_t len);
+/* Reads exactly len bytes of application data. 0, or -1 on error or end of stream. */
+int tc_read_full(struct tc *c, void *buf, size_t len);
+/* After a read: the session to resume with (tickets seen), or NULL. Caller frees. */
+SSL_SESSION *tc_session(struct tc *c);
+/* Sends close_notify when asked, closes the socket, frees everything. */
+void tc_close(struct tc *c, bool close_notify);
+
+/* The number of open file descriptors of this process. */
+int tu_fd_count(void);
+
+#endif
