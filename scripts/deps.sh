@@ -7,6 +7,8 @@ set -euo pipefail
 packages=(
     # build
     build-essential cmake pkg-config libssl-dev liburing-dev
+    # fuzzing: clang with libFuzzer (scripts/fuzz.sh)
+    clang libclang-rt-14-dev
     # tests
     libcriterion-dev openssl gnutls-bin curl
     # the guest kernel for the kernel suite: qemu with Debian's generic kernel (it has 9p, which

@@ -94,6 +94,16 @@ tests/interop/interop.sh build/asan "$host_mode" >build/results/interop-host.tap
 grep -E '^not ok' -A8 build/results/interop-host.tap | head -40 || true
 tally interop-host build/results/interop-host.tap lenient
 
+echo "== fuzzing, briefly (scripts/fuzz.sh runs it long)"
+if scripts/fuzz.sh "${KTLA_FUZZ_SECONDS:-30}" >build/results/fuzz.log 2>&1; then
+    fuzz_line=$(tail -n 1 build/results/fuzz.log)
+else
+    fuzz_line=$(tail -n 1 build/results/fuzz.log)
+    status=1
+fi
+grep -E '^fuzz_' build/results/fuzz.log || tail -n 20 build/results/fuzz.log
+summaries+=("$fuzz_line")
+
 if [ "${KTLA_SKIP_GUEST:-}" = 1 ] && [ "${CI:-}" != "true" ]; then
     summaries+=("guest: not run (KTLA_SKIP_GUEST=1)")
 else

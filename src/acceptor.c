@@ -153,10 +153,8 @@ static void hs_handover(struct ktla_conn *c)
         c->info.alpn = c->alpn;
     }
     const char *sni = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
-    if (sni) {
-        snprintf(c->sni, sizeof(c->sni), "%s", sni);
+    if (sni && (c->sni = strdup(sni)))
         c->info.sni = c->sni;
-    }
     c->info.resumed = SSL_session_reused(ssl);
     c->info.tx_mode = c->info.rx_mode = KTLA_MODE_USERSPACE;
 

@@ -46,6 +46,7 @@ void ktla_conn_destroy(struct ktla_conn *c)
     if (c->raw)
         OPENSSL_clear_free(c->raw, c->raw_cap);
     free(c->enc);
+    free(c->sni);
     if (c->chunk)
         OPENSSL_clear_free(c->chunk, TLS_CHUNK);
     free(c);

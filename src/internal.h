@@ -46,7 +46,7 @@ struct ktla_conn {
     struct ktla_op rop, wop;
     struct ktla_conn_info info;
     char alpn[32];
-    char sni[256];
+    char *sni; /* allocated only when the client sent one: most of a connection's bytes else */
     void *user_data;
 
     /* Handshake. */
