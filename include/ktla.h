@@ -66,7 +66,13 @@ extern "C" {
     X(KTLA_EBUSY, -4021, "another operation of this kind is already in progress on this connection") \
     X(KTLA_EDISABLED, -4022, "kernel TLS is turned off by configuration")                          \
     X(KTLA_ENOMORE, -4023, "too many connections: the limit on handshakes in flight was reached") \
-    X(KTLA_ENOTTLS, -4024, "the client does not speak TLS (plain HTTP sent to a TLS port?)")
+    X(KTLA_ENOTTLS, -4024, "the client does not speak TLS (plain HTTP sent to a TLS port?)")     \
+    X(KTLA_ENOREKEY, -4025,                                                                        \
+      "the peer updated its TLS 1.3 traffic key (KeyUpdate), which kernel TLS here cannot follow "  \
+      "(rekeying needs Linux 6.14); the connection cannot continue")                              \
+    X(KTLA_EUNEXPECTED, -4026,                                                                     \
+      "the peer sent a handshake message or ChangeCipherSpec after the handshake; answered with "  \
+      "an unexpected_message alert")
 
 enum ktla_error {
 #define KTLA_ERROR_ENUM(name, value, msg) name = (value),
@@ -301,7 +307,9 @@ KTLA_API int ktla_dispatch(struct io_uring_cqe *cqe);
 
 /* Stops accepting, aborts handshakes in flight (their on_fail is called with KTLA_ECLOSED) and
  * frees the acceptor once its ring has nothing of it left in flight. Established connections
- * are the application's and stay open. NULL is a no-op. */
+ * are the application's and stay open, but they run on the acceptor's ring: with an own ring,
+ * close them (and let ktla_acceptor_run reap them) before this call, which ends the ring.
+ * NULL is a no-op. */
 KTLA_API void ktla_acceptor_free(struct ktla_acceptor *acc);
 
 KTLA_API void ktla_acceptor_get_stats(const struct ktla_acceptor *acc,

@@ -172,8 +172,15 @@ static void kernel_control_record(struct ktla_conn *c)
         }
         return recv_done(c, KTLA_EALERT);
     }
-    /* Post-handshake handshake messages (KeyUpdate) are not carried yet: see KTLA_EKEYEXPIRED. */
-    recv_done(c, type == KTLA_RT_HANDSHAKE ? KTLA_EKEYEXPIRED : KTLA_ETLS);
+    if (type == KTLA_RT_HANDSHAKE && n >= 1 && buf[0] == 24 /* key_update */ &&
+        c->info.version == KTLA_TLS1_3)
+        /* The kernel has already stopped: the records after this one use a key it lacks. */
+        return recv_done(c, KTLA_ENOREKEY);
+    /* A client sends nothing else after a TLS 1.3 handshake (RFC 8446 §4.6), and renegotiation
+     * is off for TLS 1.2: anything else is answered as the RFC says, then the connection ends. */
+    static const uint8_t unexpected_message[2] = {2, 10};
+    ktla_ktls_send_record(c->fd, KTLA_RT_ALERT, unexpected_message, 2, MSG_DONTWAIT);
+    recv_done(c, KTLA_EUNEXPECTED);
 }
 
 static void on_recv(struct ktla_conn *c, int res)

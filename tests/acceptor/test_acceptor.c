@@ -262,3 +262,61 @@ Test(acceptor, require_policy_fails_only_where_the_kernel_cannot)
     tc_close(&c, false);
     echo_stop(s);
 }
+
+/* The application runs the ring and its own submissions share it with ktla's. */
+Test(acceptor, a_shared_ring_routes_each_completion_to_its_owner)
+{
+    int reason = expected_reason();
+    struct echo_opts o = {.tickets = -1, .shared_ring = true};
+    struct echo_server *s = echo_start(&o);
+    struct tc c;
+    struct tc_opts co = {.version = KTLA_TLS1_3, .cipher = -1};
+    struct echo_conn conns[4];
+    int own, foreign;
+
+    cr_assert_eq(tc_connect(&c, echo_port(s), &co, NULL, 0), 0);
+    echo_round(&c, 30000, 8);
+    tc_close(&c, true);
+    cr_assert(echo_wait_ended(s, 1, 5000));
+    check_modes(last_conn(s, conns, 4), reason);
+    usleep(20000);
+    echo_app_completions(s, &own, &foreign);
+    cr_assert_gt(own, 0, "the application's own timeouts never came back to it");
+    cr_assert_eq(foreign, 0, "%d completions reached the application that were not its own",
+                 foreign);
+    echo_stop(s);
+}
+
+/*
+ * A client's TLS 1.3 KeyUpdate: userspace follows it (OpenSSL does); the guest's 6.1 kernel
+ * cannot, so the connection must end with the clear KTLA_ENOREKEY, never garbage or a later
+ * authentication failure.
+ */
+Test(acceptor, client_key_update_is_followed_or_ends_the_connection_clearly)
+{
+    int reason = expected_reason();
+    struct echo_opts o = {.tickets = -1};
+    struct echo_server *s = echo_start(&o);
+    struct tc c;
+    struct tc_opts co = {.version = KTLA_TLS1_3, .cipher = -1};
+    struct echo_conn conns[4];
+    char back[6];
+
+    cr_assert_eq(tc_connect(&c, echo_port(s), &co, NULL, 0), 0);
+    echo_round(&c, 100, 1);
+    cr_assert_eq(SSL_key_update(c.ssl, SSL_KEY_UPDATE_NOT_REQUESTED), 1);
+    cr_assert_eq(tc_write(&c, "after", 6), 0);
+    if (reason == 0) {
+        cr_assert(echo_wait_ended(s, 1, 10000), "the server did not end the connection");
+        struct echo_conn *ec = last_conn(s, conns, 4);
+        cr_assert_eq(ec->last_result, KTLA_ENOREKEY, "ended with %s",
+                     ktla_err_name((int)ec->last_result));
+        cr_assert_neq(tc_read_full(&c, back, sizeof(back)), 0, "data after an unfollowed rekey");
+    } else {
+        cr_assert_eq(tc_read_full(&c, back, sizeof(back)), 0);
+        cr_assert_str_eq(back, "after");
+        echo_round(&c, 20000, 2);
+    }
+    tc_close(&c, true);
+    echo_stop(s);
+}

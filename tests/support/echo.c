@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <liburing.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -33,8 +34,56 @@ struct echo_server {
     pthread_mutex_t lock;
     struct echo_conn conns[MAX_CONNS];
     int nconns, nended, nfail, last_fail;
+    struct ktla_conn *live[MAX_CONNS]; /* open on the server side, closed by echo_stop */
     struct ktla_acceptor_stats stats;
+    struct io_uring ring; /* with shared_ring */
+    int app_own, app_foreign;
 };
+
+/* The application's own timeout: an even user_data, as the library asks. */
+static struct __kernel_timespec app_tick = {.tv_nsec = 5000000};
+static uint64_t app_tag;
+
+static void *shared_ring_main(struct echo_server *s)
+{
+    struct io_uring_cqe *cqe;
+    bool armed = false;
+    while (!s->stop) {
+        if (!armed) {
+            struct io_uring_sqe *sqe = io_uring_get_sqe(&s->ring);
+            io_uring_prep_timeout(sqe, &app_tick, 0, 0);
+            io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)&app_tag);
+            armed = true;
+        }
+        io_uring_submit_and_wait(&s->ring, 1);
+        while (io_uring_peek_cqe(&s->ring, &cqe) == 0) {
+            struct io_uring_cqe copy = *cqe;
+            io_uring_cqe_seen(&s->ring, cqe);
+            if (ktla_dispatch(&copy))
+                continue;
+            pthread_mutex_lock(&s->lock);
+            if (copy.user_data == (uint64_t)(uintptr_t)&app_tag) {
+                s->app_own++;
+                armed = false;
+            } else {
+                s->app_foreign++;
+            }
+            pthread_mutex_unlock(&s->lock);
+        }
+        pthread_mutex_lock(&s->lock);
+        ktla_acceptor_get_stats(s->acc, &s->stats);
+        pthread_mutex_unlock(&s->lock);
+    }
+    return NULL;
+}
+
+void echo_app_completions(struct echo_server *s, int *own, int *foreign)
+{
+    pthread_mutex_lock(&s->lock);
+    *own = s->app_own;
+    *foreign = s->app_foreign;
+    pthread_mutex_unlock(&s->lock);
+}
 
 struct echo_state {
     struct echo_server *srv;
@@ -47,6 +96,7 @@ static void echo_end(struct ktla_conn *conn, struct echo_state *st, ssize_t resu
 {
     struct echo_server *s = st->srv;
     pthread_mutex_lock(&s->lock);
+    s->live[st->idx] = NULL;
     s->conns[st->idx].last_result = result;
     s->conns[st->idx].ended = true;
     s->nended++;
@@ -102,10 +152,12 @@ static void on_conn(struct ktla_conn *conn, void *arg)
     ec->info.alpn = ec->info.sni = NULL;
     ec->readback_tx = ktla_ktls_get(info->fd, KTLA_DIR_TX, &v, &c, &ec->readback_tx_seq);
     ec->readback_rx = ktla_ktls_get(info->fd, KTLA_DIR_RX, &v, &c, &ec->readback_rx_seq);
+    s->live[idx] = conn;
     pthread_mutex_unlock(&s->lock);
 
     st->srv = s;
     st->idx = idx;
+    ktla_conn_set_data(conn, st);
     int ret = ktla_conn_recv(conn, st->buf, sizeof(st->buf), on_recv, st);
     if (ret < 0)
         echo_end(conn, st, ret);
@@ -131,6 +183,8 @@ static void quiet_log(const char *line, void *arg)
 static void *server_main(void *arg)
 {
     struct echo_server *s = arg;
+    if (s->opts.shared_ring)
+        return shared_ring_main(s);
     while (!s->stop) {
         ktla_acceptor_run(s->acc, 20);
         pthread_mutex_lock(&s->lock);
@@ -164,7 +218,10 @@ struct echo_server *echo_start(const struct echo_opts *o)
     cr_assert_eq(ret, 0, "ktla_ctx_new: %s", ktla_strerror(ret));
     s->lfd = tu_listen(&s->port);
     s->file_fd = o->file ? open(o->file, O_RDONLY | O_CLOEXEC) : -1;
+    if (o->shared_ring)
+        cr_assert_eq(io_uring_queue_init(256, &s->ring, 0), 0);
     struct ktla_acceptor_config ac = {
+        .ring = o->shared_ring ? &s->ring : NULL,
         .listen_fd = s->lfd,
         .ctx = s->ctx,
         .ktls = o->ktls,
@@ -240,7 +297,33 @@ void echo_stop(struct echo_server *s)
 {
     s->stop = true;
     pthread_join(s->thread, NULL);
+    /* Connections the client left open (or whose end the server has not seen yet) are closed
+     * here, and their completions reaped, before the ring they share goes away. */
+    for (int i = 0; i < s->nconns && i < MAX_CONNS; i++) {
+        if (!s->live[i])
+            continue;
+        free(ktla_conn_get_data(s->live[i]));
+        ktla_conn_close(s->live[i]);
+        s->live[i] = NULL;
+    }
+    if (!s->opts.shared_ring)
+        for (int i = 0; i < 5; i++)
+            ktla_acceptor_run(s->acc, 10);
     ktla_acceptor_free(s->acc);
+    if (s->opts.shared_ring) {
+        /* On the application's ring the acceptor goes once its last completion is routed. */
+        struct io_uring_cqe *cqe;
+        struct __kernel_timespec ts = {.tv_nsec = 10000000};
+        for (int i = 0; i < 50; i++) {
+            io_uring_submit_and_wait_timeout(&s->ring, &cqe, 1, &ts, NULL);
+            while (io_uring_peek_cqe(&s->ring, &cqe) == 0) {
+                struct io_uring_cqe copy = *cqe;
+                io_uring_cqe_seen(&s->ring, cqe);
+                ktla_dispatch(&copy);
+            }
+        }
+        io_uring_queue_exit(&s->ring);
+    }
     ktla_ctx_free(s->ctx);
     close(s->lfd);
     if (s->file_fd >= 0)

@@ -21,6 +21,8 @@ struct echo_opts {
     enum ktla_ktls_policy ktls;
     unsigned timeout_ms, max_handshakes; /* 0: ktla's defaults */
     const char *file; /* a request starting with "FILE" is answered with this file's bytes */
+    bool shared_ring; /* the server thread owns the ring, shares it with ktla, and puts a
+                         timeout of its own on it every turn (see echo_app_completions) */
 };
 
 /* What the server saw of one established connection. */
@@ -42,6 +44,9 @@ int echo_conns(struct echo_server *s, struct echo_conn *out, int max);
 /* Failed handshakes so far, and the code of the last one. */
 int echo_failures(struct echo_server *s, int *last_code);
 void echo_stats(struct echo_server *s, struct ktla_acceptor_stats *out);
+/* With shared_ring: completions of the application's own submissions that reached it (not
+ * ktla), and ktla completions wrongly handed to it (must stay 0). */
+void echo_app_completions(struct echo_server *s, int *own, int *foreign);
 /* Waits up to ms for `n` connections to have ended on the server side. */
 bool echo_wait_ended(struct echo_server *s, int n, int ms);
 bool echo_wait_failures(struct echo_server *s, int n, int ms);
