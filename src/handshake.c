@@ -176,16 +176,27 @@ static int feed_record(struct ktla_hs *hs, size_t rec)
     return 0;
 }
 
+/* Gives OpenSSL the next whole record: its length, 0 when none has all arrived, or -1 once the
+ * handshake has failed (a header no TLS peer sends, or no memory). */
+static long take_record(struct ktla_hs *hs)
+{
+    long rec = whole_record(hs->in, hs->in_len);
+    if (rec < 0) {
+        fail(hs, (int)rec);
+        return -1;
+    }
+    if (rec > 0 && feed_record(hs, (size_t)rec) < 0) {
+        fail(hs, -ENOMEM);
+        return -1;
+    }
+    return rec;
+}
+
 static void run_handshake(struct ktla_hs *hs)
 {
     while (hs->state == KTLA_HS_RUNNING) {
-        long rec = whole_record(hs->in, hs->in_len);
-        if (rec < 0)
-            return fail(hs, (int)rec);
-        if (rec == 0)
+        if (take_record(hs) <= 0)
             return;
-        if (feed_record(hs, (size_t)rec) < 0)
-            return fail(hs, -ENOMEM);
         size_t before = hs->out_len;
         int r = SSL_do_handshake(hs->ssl);
         int err = r == 1 ? SSL_ERROR_NONE : SSL_get_error(hs->ssl, r);
@@ -212,13 +223,8 @@ static void decrypt_tail(struct ktla_hs *hs)
     uint8_t chunk[4096];
 
     while (hs->state == KTLA_HS_DONE && !hs->peer_closed) {
-        long rec = whole_record(hs->in, hs->in_len);
-        if (rec < 0)
-            return fail(hs, (int)rec);
-        if (rec == 0)
+        if (take_record(hs) <= 0)
             return;
-        if (feed_record(hs, (size_t)rec) < 0)
-            return fail(hs, -ENOMEM);
         hs->rx_records_after++;
         for (;;) {
             int n = SSL_read(hs->ssl, chunk, sizeof(chunk));
