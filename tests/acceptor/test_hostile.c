@@ -176,3 +176,48 @@ Test(hostile, handshake_cap_makes_new_clients_wait_not_fail)
     close(b);
     echo_stop(s);
 }
+
+/* A ClientHello of 20 KB spans two records: legal, and served. */
+Test(hostile, a_client_hello_larger_than_a_record_is_served)
+{
+    struct echo_opts o = {.tickets = -1};
+    struct echo_server *s = echo_start(&o);
+    struct tc c;
+    struct tc_opts co = {.cipher = -1, .big_hello = 20000};
+    char buf[3];
+    cr_assert_eq(tc_connect(&c, echo_port(s), &co, NULL, 0), 0, "the large hello was refused");
+    cr_assert_eq(tc_write(&c, "ok", 3), 0);
+    cr_assert_eq(tc_read_full(&c, buf, 3), 0);
+    cr_assert_str_eq(buf, "ok");
+    tc_close(&c, true);
+    echo_stop(s);
+}
+
+/* An SSLv2-style hello (high bit set in the first byte) is not TLS. */
+Test(hostile, sslv2_style_hello_is_refused)
+{
+    struct echo_opts o = {.tickets = -1};
+    struct echo_server *s = echo_start(&o);
+    int fd = raw_connect(echo_port(s));
+    const uint8_t v2[] = {0x80, 0x2e, 0x01, 0x00, 0x02, 0x00, 0x15, 0x00, 0x00, 0x00, 0x10};
+    cr_assert_eq(write(fd, v2, sizeof(v2)), (ssize_t)sizeof(v2));
+    expect_failure(s, 1, KTLA_ENOTTLS);
+    close(fd);
+    good_client_is_served(s);
+    echo_stop(s);
+}
+
+/* A client that half-closes after its ClientHello still gets no more than its own failure. */
+Test(hostile, half_closed_client_costs_only_itself)
+{
+    struct echo_opts o = {.tickets = -1};
+    struct echo_server *s = echo_start(&o);
+    int fd = raw_connect(echo_port(s));
+    const uint8_t partial[] = {0x16, 0x03, 0x01, 0x00, 0x30, 0x01};
+    cr_assert_eq(write(fd, partial, sizeof(partial)), (ssize_t)sizeof(partial));
+    shutdown(fd, SHUT_WR);
+    expect_failure(s, 1, KTLA_ETRUNCATED);
+    good_client_is_served(s);
+    close(fd);
+    echo_stop(s);
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Interoperability: independent TLS stacks (OpenSSL's s_client, GnuTLS's gnutls-cli) against the
-# ktla echo server, for every TLS version x cipher. Each client sends a token and must get it back.
+# Interoperability: independent TLS stacks (OpenSSL's s_client, GnuTLS's gnutls-cli, Python's ssl)
+# against the ktla echo server, for every TLS version x cipher. Each client sends a token and must
+# get it back.
 #
 # usage: tests/interop/interop.sh BUILD_DIR kernel|userspace
 #   kernel:    every connection must have kernel TX and RX (ktla-echo says so per connection) and
@@ -8,6 +9,7 @@
 #   userspace: this machine has no kernel TLS, so every connection must say userspace.
 # Prints TAP ("ok N - ..."), then "interop: N passed, N failed, 0 skipped". Exit status 1 on failure.
 set -u
+here=$(cd "$(dirname "$0")" && pwd)
 build=$1
 expect=$2
 work=$(mktemp -d)
@@ -69,6 +71,11 @@ for v in 1.2 1.3; do
         run_client "gnutls-cli TLS$v $c" \
             gnutls-cli --insecure --port=$port \
             --priority="NORMAL:-VERS-ALL:+VERS-TLS$v:-CIPHER-ALL:+$c" 127.0.0.1
+        # Python cannot choose TLS 1.3 suites: it runs once there, with the server's choice.
+        if [ $v = 1.2 ] || [ $c = AES-128-GCM ]; then
+            run_client "python ssl TLS$v ${c/AES-128-GCM/default}" \
+                /usr/bin/python3 "$here/pyclient.py" $port $v "${ossl[2]:-x}"
+        fi
     done
 done
 

@@ -388,6 +388,30 @@ static int fill_in(struct tc *c)
     return 0;
 }
 
+/* An extension no server knows, to make a ClientHello as large as a test wants. */
+static int big_ext_add(SSL *s, unsigned int type, const unsigned char **out, size_t *outlen,
+                       int *al, void *arg)
+{
+    (void)s;
+    (void)type;
+    (void)al;
+    size_t len = *(size_t *)arg;
+    unsigned char *p = calloc(1, len);
+    if (!p)
+        return -1;
+    *out = p;
+    *outlen = len;
+    return 1;
+}
+
+static void big_ext_free(SSL *s, unsigned int type, const unsigned char *out, void *arg)
+{
+    (void)s;
+    (void)type;
+    (void)arg;
+    free((void *)out);
+}
+
 SSL_CTX *tc_ctx_new(const struct tc_opts *o)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
@@ -397,6 +421,9 @@ SSL_CTX *tc_ctx_new(const struct tc_opts *o)
     cr_assert(SSL_CTX_set_cipher_list(ctx, tls12_suite(o->cipher)) == 1);
     cr_assert(SSL_CTX_set_ciphersuites(ctx, tls13_suite(o->cipher)) == 1);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT);
+    if (o->big_hello)
+        cr_assert(SSL_CTX_add_client_custom_ext(ctx, 0xfe0d, big_ext_add, big_ext_free,
+                                                (void *)&o->big_hello, NULL, NULL) == 1);
     return ctx;
 }
 

@@ -64,6 +64,7 @@ struct tc_opts {
     int cipher;           /* enum ktla_cipher, or -1: any */
     SSL_SESSION *session; /* resume this session */
     SSL_CTX *ctx;         /* reuse this client context (the one the session came from) */
+    size_t big_hello;     /* pad the ClientHello with an unknown extension of this many bytes */
     const char *sni;
 };
 
