@@ -338,12 +338,16 @@ KTLA_API int ktla_conn_send(struct ktla_conn *conn, const void *buf, size_t len,
                             void *arg);
 
 /* Sends count bytes of file_fd from offset: sendfile(2) through kernel TLS in kernel mode (no
- * copy in userspace), read + encrypt in userspace mode. The callback gets count or an error. */
+ * copy in userspace), read + encrypt in userspace mode. The callback gets count or an error.
+ * sendfile(2) cannot be told MSG_NOSIGNAL: a process using this ignores SIGPIPE (as servers do),
+ * and then sees -EPIPE in the callback instead. */
 KTLA_API int ktla_conn_sendfile(struct ktla_conn *conn, int file_fd, uint64_t offset, size_t count,
                                 ktla_io_cb cb, void *arg);
 
 /* Sends close_notify, closes the socket and frees the connection once nothing of it is in
- * flight. No callback of this connection runs after this call. Never fails; conn is gone. */
+ * flight. No callback of this connection runs after this call, and (on Linux 6.0 and later,
+ * where io_uring can cancel synchronously) no buffer the application passed is touched after it
+ * returns. Never fails; conn is gone. */
 KTLA_API void ktla_conn_close(struct ktla_conn *conn);
 
 /* Opaque per-connection pointer for the application. */

@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -335,6 +336,10 @@ static void hs_start(struct ktla_acceptor *acc, int fd)
             snprintf(c->info.peer, sizeof(c->info.peer), "[%s]:%u", host, ntohs(in6->sin6_port));
         }
     }
+    /* Responses are usually a head and a body in separate writes: without this, Nagle holds the
+     * second until the client's delayed ACK, some 40 ms later. */
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     acc->stats.in_flight++;
     dl_append(acc, c);
     arm_timer(acc);

@@ -478,8 +478,24 @@ void ktla_conn_close(struct ktla_conn *c)
         }
     }
     c->state = KTLA_CONN_CLOSING;
-    if (c->inflight)
-        shutdown(c->fd, SHUT_RDWR);
+    if (c->inflight) {
+        /*
+         * The application may free its buffers as soon as this returns, so the kernel must be
+         * done with them: submit what is queued, then cancel and wait for everything on this
+         * socket (Linux 6.0+). Their completions still come and free the connection. Older
+         * kernels lack the synchronous cancel; shutting the socket down ends the operations
+         * promptly, though not before this returns.
+         */
+        io_uring_submit(c->ring);
+        struct io_uring_sync_cancel_reg reg = {
+            .fd = c->fd,
+            .flags = IORING_ASYNC_CANCEL_FD | IORING_ASYNC_CANCEL_ALL,
+            .timeout = {.tv_sec = -1, .tv_nsec = -1},
+        };
+        int ret = io_uring_register_sync_cancel(c->ring, &reg);
+        if (ret < 0 && ret != -ENOENT)
+            shutdown(c->fd, SHUT_RDWR);
+    }
     ktla_conn_reap(c);
 }
 

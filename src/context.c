@@ -239,8 +239,8 @@ static void common_set_keys(struct common *c, struct ticket_keys *keys)
 /*
  * OpenSSL's ticket callback (SSL_CTX_set_tlsext_ticket_key_evp_cb): sets up AES-256-CBC and
  * HMAC-SHA256 for one ticket. Sealing uses the first key; opening finds the key by the name at
- * the front of the ticket. Returns 1 (go on), 2 (opened with an older key: go on and issue a
- * fresh ticket under the first key), 0 (no such key: full handshake) or -1 (error).
+ * the front of the ticket. Returns 1 (go on), 2 (go on and issue a fresh ticket under the first
+ * key: after an older key, and in TLS 1.3), 0 (no such key: full handshake) or -1 (error).
  */
 static int ticket_key_cb(SSL *ssl, unsigned char name[16], unsigned char iv[EVP_MAX_IV_LENGTH],
                          EVP_CIPHER_CTX *cipher, EVP_MAC_CTX *mac, int enc)
@@ -270,7 +270,10 @@ static int ticket_key_cb(SSL *ssl, unsigned char name[16], unsigned char iv[EVP_
         pthread_mutex_unlock(&c->keys_lock);
         if (i == c->keys->n)
             return 0;
-        ret = i == 0 ? 1 : 2;
+        /* Renew under the first key when an older one opened the ticket, and always in TLS 1.3:
+         * its clients use a ticket once (RFC 8446 C.4), and without renewal OpenSSL sends no
+         * ticket after a resumed handshake, so every other connection would be a full one. */
+        ret = i == 0 && SSL_version(ssl) != TLS1_3_VERSION ? 1 : 2;
     }
 
     OSSL_PARAM params[] = {

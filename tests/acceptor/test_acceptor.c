@@ -178,6 +178,18 @@ static void resume(uint16_t version, bool pipelined)
         cr_assert(memcmp(back, req, sizeof(req)) == 0);
     }
     echo_round(&c, 20000, 6);
+    if (version == KTLA_TLS1_3) {
+        /* A TLS 1.3 client uses a ticket once: the resumed handshake must bring a fresh one. */
+        SSL_SESSION *fresh = tc_session(&c);
+        const unsigned char *t1, *t2;
+        size_t l1, l2;
+        cr_assert(fresh, "no resumable session after the resumed handshake");
+        SSL_SESSION_get0_ticket(co.session, &t1, &l1);
+        SSL_SESSION_get0_ticket(fresh, &t2, &l2);
+        cr_assert(l2 > 0 && (l1 != l2 || memcmp(t1, t2, l1) != 0),
+                  "no new ticket after a resumed TLS 1.3 handshake");
+        SSL_SESSION_free(fresh);
+    }
     tc_close(&c, true);
     cr_assert(echo_wait_ended(s, 2, 5000));
     struct echo_conn *ec = last_conn(s, conns, 4);
