@@ -7,6 +7,8 @@ set -euo pipefail
 packages=(
     # build
     build-essential cmake pkg-config libssl-dev liburing-dev
+    # ktla-serve's request parser (http_parser 2.9, fuzzed by OSS-Fuzz)
+    libhttp-parser-dev
     # fuzzing: clang with libFuzzer (scripts/fuzz.sh)
     clang libclang-rt-14-dev
     # tests

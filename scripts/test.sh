@@ -94,6 +94,18 @@ tests/interop/interop.sh build/asan "$host_mode" >build/results/interop-host.tap
 grep -E '^not ok' -A8 build/results/interop-host.tap | head -40 || true
 tally interop-host build/results/interop-host.tap lenient
 
+echo "== ktla-serve: pure stages in memory, then end to end with curl"
+run_suite serve-unit build/results/serve-unit.tap build/asan/tests/ktla-serve-tests
+tally serve-unit build/results/serve-unit.tap lenient
+tests/serve/serve.sh build/asan "$host_mode" >build/results/serve-host.tap 2>&1 || true
+grep -E '^not ok' -A8 build/results/serve-host.tap | head -40 || true
+tally serve-host build/results/serve-host.tap lenient
+
+echo "== benchmark harness smoke test (ktla-bench against ktla-serve and ktla-echo)"
+bench/smoke.sh build/asan >build/results/bench-smoke.tap 2>&1 || true
+grep -E '^not ok' -A8 build/results/bench-smoke.tap | head -40 || true
+tally bench-smoke build/results/bench-smoke.tap lenient
+
 echo "== fuzzing, briefly (scripts/fuzz.sh runs it long)"
 if scripts/fuzz.sh "${KTLA_FUZZ_SECONDS:-30}" >build/results/fuzz.log 2>&1; then
     fuzz_line=$(tail -n 1 build/results/fuzz.log)
@@ -107,8 +119,8 @@ summaries+=("$fuzz_line")
 if [ "${KTLA_SKIP_GUEST:-}" = 1 ] && [ "${CI:-}" != "true" ]; then
     summaries+=("guest: not run (KTLA_SKIP_GUEST=1)")
 else
-    echo "== inside the guest kernel (kernel TLS mandatory): kernel, acceptor and interop suites"
-    rm -f build/vm/kernel.tap build/vm/acceptor.tap build/vm/interop.tap
+    echo "== inside the guest kernel (kernel TLS mandatory): kernel, acceptor, interop, serve"
+    rm -f build/vm/kernel.tap build/vm/acceptor.tap build/vm/interop.tap build/vm/serve.tap
     start=$(date +%s)
     if ! scripts/vm.sh -- env ASAN_OPTIONS="$ASAN_OPTIONS" UBSAN_OPTIONS="$UBSAN_OPTIONS" \
         scripts/guest-suites.sh build/asan build/vm >build/results/guest-console.log 2>&1; then
@@ -118,7 +130,7 @@ else
     fi
     echo "  guest run: $(($(date +%s) - start)) s"
     sanitizer_check guest build/results/guest-console.log
-    for suite in kernel acceptor interop; do
+    for suite in kernel acceptor interop serve; do
         [ -f "build/vm/$suite.tap" ] || : >"build/vm/$suite.tap"
         cp "build/vm/$suite.tap" "build/results/$suite-guest.tap"
         grep -E '^not ok' -A8 "build/vm/$suite.tap" | head -40 || true

@@ -1,0 +1,325 @@
+/*
+ * Request heads through http_parser (Debian's libhttp-parser, fuzzed by OSS-Fuzz) and response
+ * heads. The parser is fed whatever arrived and pauses at the end of each message, so pipelined
+ * requests stay in the caller's buffer; the few fields this server acts on are copied out, and
+ * every limit maps to the status RFC 9110 / RFC 6585 name for it.
+ */
+#include <ctype.h>
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#include "serve.h"
+
+static struct http_reader *reader(http_parser *p)
+{
+    return p->data;
+}
+
+static int fail(http_parser *p, int status)
+{
+    reader(p)->req.status = status;
+    return -1;
+}
+
+static int on_url(http_parser *p, const char *at, size_t len)
+{
+    struct http_request *q = &reader(p)->req;
+    if (q->target_len + len > HTTP_URL_MAX)
+        return fail(p, 414);
+    memcpy(q->target + q->target_len, at, len);
+    q->target_len += len;
+    q->target[q->target_len] = '\0';
+    return 0;
+}
+
+static int on_header_field(http_parser *p, const char *at, size_t len)
+{
+    struct http_reader *r = reader(p);
+    if (r->in_value) {
+        r->in_value = false;
+        r->field_len = 0;
+        r->field[0] = '\0';
+    }
+    if (r->field_len >= sizeof(r->field))
+        return 0;
+    /* Longer names are none this server reads: remember only that it was long. */
+    if (r->field_len + len >= sizeof(r->field)) {
+        r->field_len = sizeof(r->field);
+        r->field[0] = '\0';
+        return 0;
+    }
+    memcpy(r->field + r->field_len, at, len);
+    r->field_len += len;
+    r->field[r->field_len] = '\0';
+    return 0;
+}
+
+static int on_header_value(http_parser *p, const char *at, size_t len)
+{
+    struct http_reader *r = reader(p);
+    struct http_request *q = &r->req;
+
+    if (!r->in_value) {
+        r->in_value = true;
+        r->dst = NULL;
+        static const char *const names[] = {"range", "if-none-match", "if-modified-since",
+                                            "if-range"};
+        char *dsts[] = {q->range, q->if_none_match, q->if_modified_since, q->if_range};
+        if (!strcasecmp(r->field, "host"))
+            q->hosts++;
+        for (size_t i = 0; i < 4; i++) {
+            if (!strcasecmp(r->field, names[i])) {
+                /* A repeated field: the values join as a list, as RFC 9110 5.3 allows. */
+                r->dst = dsts[i];
+                r->dst_len = &r->value_len[i];
+                if (*r->dst_len && *r->dst_len + 1 <= HTTP_VALUE_MAX)
+                    r->dst[(*r->dst_len)++] = ',';
+            }
+        }
+    }
+    if (!r->dst)
+        return 0;
+    if (*r->dst_len + len > HTTP_VALUE_MAX)
+        return fail(p, 431);
+    memcpy(r->dst + *r->dst_len, at, len);
+    *r->dst_len += len;
+    r->dst[*r->dst_len] = '\0';
+    return 0;
+}
+
+static int on_headers_complete(http_parser *p)
+{
+    struct http_request *q = &reader(p)->req;
+    q->method = (enum http_method)p->method;
+    q->known_method = 1;
+    q->major = p->http_major;
+    q->minor = p->http_minor;
+    q->keep_alive = http_should_keep_alive(p);
+    q->has_body =
+        (p->flags & F_CHUNKED) || (p->content_length != ULLONG_MAX && p->content_length > 0);
+    if (q->has_body) {
+        /* This server takes no request bodies: stop here rather than read one. */
+        q->status = 413;
+        http_parser_pause(p, 1);
+    }
+    return 0;
+}
+
+static int on_message_complete(http_parser *p)
+{
+    http_parser_pause(p, 1);
+    return 0;
+}
+
+static const http_parser_settings settings = {
+    .on_url = on_url,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_headers_complete = on_headers_complete,
+    .on_message_complete = on_message_complete,
+};
+
+void http_reader_start(struct http_reader *r)
+{
+    memset(r, 0, sizeof(*r));
+    http_parser_init(&r->parser, HTTP_REQUEST);
+    r->parser.data = r;
+    r->in_value = true; /* so that the first field name starts afresh */
+}
+
+/* An unknown method that is still a well-formed token is "not implemented", not "bad". */
+static bool looks_like_method(const char *data, size_t len)
+{
+    size_t i = 0;
+    while (i < len && i < 32 && isupper((unsigned char)data[i]))
+        i++;
+    return i > 0 && i < len && data[i] == ' ';
+}
+
+size_t http_reader_feed(struct http_reader *r, const char *data, size_t len)
+{
+    struct http_request *q = &r->req;
+    if (r->done)
+        return 0;
+    bool at_start = r->head_bytes == 0;
+    size_t n = http_parser_execute(&r->parser, &settings, data, len);
+    enum http_errno err = HTTP_PARSER_ERRNO(&r->parser);
+    r->head_bytes += n;
+
+    switch (err) {
+    case HPE_OK:
+        if (r->head_bytes > HTTP_HEAD_MAX) {
+            q->status = 431;
+            r->done = true;
+        }
+        return n;
+    case HPE_PAUSED:
+        r->done = true;
+        r->complete = !q->has_body;
+        if (q->status)
+            return n;
+        if (r->head_bytes > HTTP_HEAD_MAX)
+            q->status = 431;
+        else if (q->major != 1)
+            q->status = 505;
+        else if (q->minor >= 1 ? q->hosts != 1 : q->hosts > 1)
+            q->status = 400; /* RFC 9112 3.2: exactly one Host in HTTP/1.1 */
+        return n;
+    case HPE_CB_url:
+    case HPE_CB_header_value:
+        break; /* the callback set the status */
+    case HPE_HEADER_OVERFLOW:
+        q->status = 431;
+        break;
+    case HPE_INVALID_METHOD:
+        q->status = at_start && looks_like_method(data, len) ? 501 : 400;
+        break;
+    default:
+        q->status = 400;
+        break;
+    }
+    if (r->head_bytes > HTTP_HEAD_MAX && q->status == 400)
+        q->status = 431;
+    r->done = true;
+    q->keep_alive = false;
+    return n;
+}
+
+const char *http_reason(int status)
+{
+    switch (status) {
+    case 200:
+        return "OK";
+    case 206:
+        return "Partial Content";
+    case 301:
+        return "Moved Permanently";
+    case 304:
+        return "Not Modified";
+    case 400:
+        return "Bad Request";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 413:
+        return "Content Too Large";
+    case 414:
+        return "URI Too Long";
+    case 416:
+        return "Range Not Satisfiable";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 503:
+        return "Service Unavailable";
+    case 505:
+        return "HTTP Version Not Supported";
+    default:
+        return "Unknown";
+    }
+}
+
+static const char wday[7][4] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+static const char month[12][4] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                  "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+
+void http_date_format(time_t t, char *buf, size_t cap)
+{
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    snprintf(buf, cap, "%s, %02d %s %04d %02d:%02d:%02d GMT", wday[tm.tm_wday], tm.tm_mday,
+             month[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+}
+
+int http_date_parse(const char *s, time_t *out)
+{
+    struct tm tm = {0};
+    char mon[4] = "";
+    int n = 0;
+
+    /* IMF-fixdate, then the two obsolete forms RFC 9110 5.6.7 says recipients accept. */
+    if (sscanf(s, "%*3s, %2d %3s %4d %2d:%2d:%2d GMT%n", &tm.tm_mday, mon, &tm.tm_year, &tm.tm_hour,
+               &tm.tm_min, &tm.tm_sec, &n) == 6 &&
+        n > 0) {
+    } else if (sscanf(s, "%*[A-Za-z], %2d-%3s-%2d %2d:%2d:%2d GMT%n", &tm.tm_mday, mon, &tm.tm_year,
+                      &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &n) == 6 &&
+               n > 0) {
+        tm.tm_year += tm.tm_year < 70 ? 2000 : 1900;
+    } else if (sscanf(s, "%*3s %3s %2d %2d:%2d:%2d %4d%n", mon, &tm.tm_mday, &tm.tm_hour,
+                      &tm.tm_min, &tm.tm_sec, &tm.tm_year, &n) == 6 &&
+               n > 0) {
+    } else {
+        return -1;
+    }
+    while (s[n] == ' ' || s[n] == '\t')
+        n++;
+    if (s[n] != '\0')
+        return -1;
+    tm.tm_mon = -1;
+    for (int i = 0; i < 12; i++)
+        if (!strcmp(mon, month[i]))
+            tm.tm_mon = i;
+    if (tm.tm_mon < 0 || tm.tm_mday < 1 || tm.tm_mday > 31 || tm.tm_hour > 23 || tm.tm_min > 59 ||
+        tm.tm_sec > 60)
+        return -1;
+    tm.tm_year -= 1900;
+    *out = timegm(&tm);
+    return 0;
+}
+
+int http_format_head(char *buf, size_t cap, const struct http_response *r)
+{
+    char date[32], lm[32];
+    size_t off = 0;
+    int n;
+
+#define ADD(...)                                                                                   \
+    do {                                                                                           \
+        n = snprintf(buf + off, cap - off, __VA_ARGS__);                                           \
+        if (n < 0 || (size_t)n >= cap - off)                                                       \
+            return -1;                                                                             \
+        off += (size_t)n;                                                                          \
+    } while (0)
+
+    http_date_format(r->now, date, sizeof(date));
+    ADD("HTTP/1.1 %d %s\r\nServer: ktla-serve\r\nDate: %s\r\n", r->status, http_reason(r->status),
+        date);
+    if (r->content_type)
+        ADD("Content-Type: %s\r\n", r->content_type);
+    if (r->has_length)
+        ADD("Content-Length: %llu\r\n", (unsigned long long)r->content_length);
+    if (r->last_modified) {
+        http_date_format(r->last_modified, lm, sizeof(lm));
+        ADD("Last-Modified: %s\r\n", lm);
+    }
+    if (r->etag)
+        ADD("ETag: %s\r\n", r->etag);
+    if (r->accept_ranges)
+        ADD("Accept-Ranges: bytes\r\n");
+    if (r->has_range)
+        ADD("Content-Range: bytes %llu-%llu/%llu\r\n", (unsigned long long)r->first,
+            (unsigned long long)r->last, (unsigned long long)r->total);
+    if (r->unsatisfied)
+        ADD("Content-Range: bytes */%llu\r\n", (unsigned long long)r->total);
+    if (r->allow)
+        ADD("Allow: %s\r\n", r->allow);
+    if (r->location)
+        ADD("Location: %s\r\n", r->location);
+    if (r->connection > 0)
+        ADD("Connection: keep-alive\r\n");
+    else if (r->connection < 0)
+        ADD("Connection: close\r\n");
+    ADD("\r\n");
+#undef ADD
+    return (int)off;
+}

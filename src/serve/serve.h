@@ -1,0 +1,185 @@
+/*
+ * ktla-serve: an HTTPS/1.1 static file server on ktla. The stages, one file each:
+ *   main.c    options, start-up report, signals, worker threads
+ *   worker.c  one io_uring + acceptor per thread, the connection state machine
+ *   http.c    request heads through http_parser, response heads
+ *   files.c   request target to a file beneath DIR, MIME types, validators, ranges
+ *   log.c     the access log
+ *   cert.c    the in-memory self-signed certificate, fingerprints
+ * Everything in http.c and files.c (and the formatting in log.c) is pure: bytes and file
+ * descriptors in, values out, so tests/serve/ checks it in memory.
+ */
+#ifndef KTLA_SERVE_H
+#define KTLA_SERVE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include <http_parser.h>
+
+/* ---- http.c */
+
+#define HTTP_HEAD_MAX 16384 /* request line + fields + blank line; beyond: 431 */
+#define HTTP_URL_MAX 8192   /* request target; beyond: 414 */
+#define HTTP_VALUE_MAX 1024 /* each field this server reads (Range, If-*); beyond: 431 */
+
+struct http_request {
+    enum http_method method;
+    int known_method; /* http_parser recognised the method */
+    unsigned short major, minor;
+    bool keep_alive;
+    bool has_body;
+    int hosts; /* Host fields seen: HTTP/1.1 needs exactly one */
+    char target[HTTP_URL_MAX + 1];
+    size_t target_len;
+    char range[HTTP_VALUE_MAX + 1];
+    char if_none_match[HTTP_VALUE_MAX + 1];
+    char if_modified_since[HTTP_VALUE_MAX + 1];
+    char if_range[HTTP_VALUE_MAX + 1];
+    /* 0: a request to answer; otherwise the error status the head earned (400, 405 is not here:
+     * the method is checked by the caller; 413, 414, 431, 501, 505). */
+    int status;
+};
+
+/* Incremental reader of one request head; fields are copied out, so the caller's buffer may be
+ * reused as soon as http_reader_feed returns. */
+struct http_reader {
+    http_parser parser;
+    struct http_request req;
+    size_t head_bytes; /* consumed so far for this request */
+    bool done;
+    bool complete; /* the whole head was read: nothing of this request is left unread */
+    bool in_value;
+    char field[32];
+    size_t field_len;
+    char *dst; /* where the current field's value goes, or NULL: not a field we read */
+    size_t *dst_len;
+    size_t dst_cap;
+    size_t value_len[4]; /* of range, if_none_match, if_modified_since, if_range */
+};
+
+void http_reader_start(struct http_reader *r);
+
+/* Feeds len bytes; returns how many were consumed (fewer than len only once the request head is
+ * complete: the rest belongs to the next, pipelined request). r->done says whether the request is
+ * complete; then r->req.status is 0 or the error to answer with. */
+size_t http_reader_feed(struct http_reader *r, const char *data, size_t len);
+
+const char *http_reason(int status);
+
+/* What a response head says; zero fields are left out. */
+struct http_response {
+    int status;
+    const char *content_type;
+    bool has_length;
+    uint64_t content_length;
+    time_t last_modified; /* 0: none */
+    const char *etag;
+    bool accept_ranges;
+    bool has_range; /* Content-Range: bytes first-last/total */
+    uint64_t first, last, total;
+    bool unsatisfied; /* Content-Range: bytes * / total (416) */
+    const char *allow;
+    const char *location;
+    int connection; /* 0: say nothing, 1: keep-alive, -1: close */
+    time_t now;
+};
+
+/* Formats the head (status line, fields, blank line) into buf. Returns its length, or -1 when
+ * cap is too small. */
+int http_format_head(char *buf, size_t cap, const struct http_response *r);
+
+/* IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT"); buf needs 30 bytes. */
+void http_date_format(time_t t, char *buf, size_t cap);
+/* Parses an IMF-fixdate, RFC 850 or asctime date. 0 and *out, or -1. */
+int http_date_parse(const char *s, time_t *out);
+
+/* ---- files.c */
+
+/*
+ * Turns a request target (origin or absolute form) into a path relative to DIR: query dropped,
+ * percent-decoding applied, empty and "." segments dropped. Returns 0 and out ("." for the root),
+ * 400 for a malformed target, 403 for a ".." segment, 404 for a NUL byte (no file has one).
+ * *trailing_slash says whether the path ended in '/'.
+ */
+int files_target_to_path(const char *target, size_t len, char *out, size_t cap,
+                         bool *trailing_slash);
+
+/* Opens rel beneath root_fd without leaving it (openat2 RESOLVE_BENEATH: "..", absolute and
+ * symbolic links that lead outside all fail). Returns an fd, or -status (403, 404). */
+int files_open_beneath(int root_fd, const char *rel);
+
+/* Checks once whether this kernel has openat2 with RESOLVE_BENEATH. 0 or -errno. */
+int files_probe(int root_fd);
+
+/* Strong validator from inode, size and modification time, quoted; buf needs 64 bytes. */
+void files_etag(const struct stat *st, char *buf, size_t cap);
+
+/* If-None-Match: 1 when the list ("*", or comma-separated entity tags, weak or strong) matches
+ * etag by weak comparison. */
+int files_etag_match(const char *list, const char *etag);
+
+/*
+ * A Range field against a file of size bytes. Returns 1 and [*first, *last] for one satisfiable
+ * range (206), -1 when it cannot be satisfied (416), 0 when it is to be ignored (not bytes,
+ * malformed, several ranges: the whole file, 200).
+ */
+int files_parse_range(const char *value, uint64_t size, uint64_t *first, uint64_t *last);
+
+/* /etc/mime.types: extension to media type. */
+struct mime_table {
+    struct mime_entry {
+        char *ext;
+        char *type;
+    } * v;
+    size_t n;
+};
+
+/* Loads a mime.types file (0 or -errno); an empty table answers application/octet-stream. */
+int mime_load(struct mime_table *t, const char *path);
+/* Loads from a string in mime.types format (for tests and the built-in fallback). */
+int mime_load_string(struct mime_table *t, const char *text);
+void mime_free(struct mime_table *t);
+const char *mime_lookup(const struct mime_table *t, const char *path);
+
+/* ---- log.c */
+
+struct log_entry {
+    const char *peer; /* "ADDR:PORT" or "[ADDR]:PORT" */
+    time_t when;
+    const char *method;
+    const char *target;
+    size_t target_len;
+    unsigned major, minor;
+    int status;
+    uint64_t body_bytes;  /* sent */
+    uint64_t total_bytes; /* head + body sent */
+    const char *tls_version;
+    const char *cipher;
+    const char *mode; /* kernel, userspace, or which direction */
+    uint64_t duration_ns;
+};
+
+/* One access-log line: Common Log Format, then TLS version, cipher, record-layer mode, bytes
+ * sent in all, duration in seconds; a newline at the end. Returns its length (truncated to cap). */
+size_t log_format(char *buf, size_t cap, const struct log_entry *e);
+
+/* ---- cert.c */
+
+struct cert_pem {
+    char *cert;
+    char *key;
+};
+
+/* A fresh ECDSA P-256 key and a self-signed certificate for localhost, 127.0.0.1 and ::1, valid
+ * for 30 days, as PEM. 0, or -1 with the reason in err. */
+int cert_self_signed(struct cert_pem *out, char *err, size_t errcap);
+void cert_pem_free(struct cert_pem *p);
+
+/* SHA-256 of the DER certificate as AA:BB:..., from PEM in memory or a file. 0 or -1. */
+int cert_fingerprint(const char *pem, const char *file, char *out, size_t cap);
+
+#endif

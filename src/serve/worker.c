@@ -1,0 +1,717 @@
+/*
+ * One worker: its own io_uring, its own listening socket (SO_REUSEPORT spreads connections over
+ * the workers) and its own ktla acceptor on that ring, so nothing on the request path is shared
+ * between threads but the TLS context, which ktla makes thread-safe. ktla's completions and this
+ * file's own (a one-second tick for timeouts, an eventfd for signals) come out of the same ring and
+ * are told apart by ktla_dispatch.
+ *
+ * A connection goes READ (request head into `in`, through http_reader) -> WRITE (head with
+ * ktla_conn_send, body in slices with ktla_conn_sendfile) -> READ again for the next request,
+ * pipelined bytes first; or LINGER: after an error that leaves unread input, keep reading and
+ * dropping it for a moment so that closing does not reset the connection before the client has
+ * read the answer.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "worker.h"
+
+#define BODY_SLICE (1u << 20) /* sendfile per call: progress for the idle timeout, fairness */
+#define LINGER_NS (2ull * 1000000000ull)
+#define GRAVE_NS (2ull * 1000000000ull)
+#define NS 1000000000ull
+
+enum { OWN_TICK = 1, OWN_WAKE, OWN_CANCEL };
+
+enum sconn_state { S_READ, S_WRITE, S_LINGER };
+
+struct sconn {
+    struct worker *w;
+    struct ktla_conn *kc;
+    struct sconn *prev, *next;
+    enum sconn_state state;
+    bool recv_pending, send_pending;
+    bool close_after, linger_after, head_only;
+    uint64_t active_ns, req_start_ns, linger_until_ns, dead_ns;
+    int file_fd;
+    uint64_t body_off, body_left, body_sent, head_len;
+    size_t inline_body; /* an error's text, sent with the head */
+    int status;
+    size_t in_len, in_off, out_len;
+    struct http_reader rd;
+    char path[HTTP_URL_MAX + 16];
+    char etag[64];
+    char location[HTTP_URL_MAX + 2];
+    char out[2048];
+    char in[HTTP_HEAD_MAX];
+};
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * NS + (uint64_t)ts.tv_nsec;
+}
+
+static struct io_uring_sqe *own_sqe(struct worker *w)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
+    if (!sqe && io_uring_submit(&w->ring) >= 0)
+        sqe = io_uring_get_sqe(&w->ring);
+    return sqe;
+}
+
+static void arm_tick(struct worker *w)
+{
+    struct io_uring_sqe *sqe = own_sqe(w);
+    if (!sqe)
+        return; /* the next completion batch tries again (see worker_run) */
+    io_uring_prep_timeout(sqe, &w->tick_ts, 0, 0);
+    io_uring_sqe_set_data(sqe, &w->tick_op);
+    w->tick_armed = true;
+    w->own_inflight++;
+}
+
+static void arm_wake(struct worker *w)
+{
+    struct io_uring_sqe *sqe = own_sqe(w);
+    if (!sqe)
+        return;
+    io_uring_prep_read(sqe, w->wake_fd, &w->wake_val, sizeof(w->wake_val), 0);
+    io_uring_sqe_set_data(sqe, &w->wake_op);
+    w->wake_armed = true;
+    w->own_inflight++;
+}
+
+/* ---- the access log: one buffer per worker, written with one write(2) per completion batch
+ * to an O_APPEND file, so workers never wait for each other. */
+
+static void log_flush(struct worker *w)
+{
+    size_t off = 0;
+    while (off < w->loglen) {
+        ssize_t n = write(w->cfg->log_fd, w->logbuf + off, w->loglen - off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break; /* a full disk loses log lines, never requests */
+        off += (size_t)n;
+    }
+    w->loglen = 0;
+}
+
+static const char *mode_name(const struct ktla_conn_info *i)
+{
+    if (i->tx_mode == KTLA_MODE_KERNEL && i->rx_mode == KTLA_MODE_KERNEL)
+        return "kernel";
+    if (i->tx_mode == KTLA_MODE_USERSPACE && i->rx_mode == KTLA_MODE_USERSPACE)
+        return "userspace";
+    return i->tx_mode == KTLA_MODE_KERNEL ? "kernel-tx" : "kernel-rx";
+}
+
+static void log_request(struct sconn *c)
+{
+    struct worker *w = c->w;
+    const struct ktla_conn_info *i = ktla_conn_get_info(c->kc);
+    const struct http_request *q = &c->rd.req;
+
+    w->served++;
+    w->bytes += c->head_len + c->body_sent;
+    if (w->cfg->log_fd < 0)
+        return;
+    struct log_entry e = {
+        .peer = i->peer,
+        .when = time(NULL),
+        .method = q->known_method ? http_method_str(q->method) : NULL,
+        .target = q->target,
+        .target_len = q->target_len,
+        .major = q->major,
+        .minor = q->minor,
+        .status = c->status,
+        .body_bytes = c->body_sent,
+        .total_bytes = c->head_len + c->body_sent,
+        .tls_version = i->version == KTLA_TLS1_3 ? "TLSv1.3" : "TLSv1.2",
+        .cipher = i->cipher_name,
+        .mode = mode_name(i),
+        .duration_ns = now_ns() - c->req_start_ns,
+    };
+    if (sizeof(w->logbuf) - w->loglen < 1024)
+        log_flush(w);
+    w->loglen += log_format(w->logbuf + w->loglen, sizeof(w->logbuf) - w->loglen, &e);
+}
+
+/* ---- connection lifetime */
+
+static void conn_close(struct sconn *c)
+{
+    struct worker *w = c->w;
+
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        w->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    w->nconns--;
+    ktla_conn_close(c->kc);
+    if (c->file_fd >= 0)
+        close(c->file_fd);
+    c->file_fd = -1;
+    if (!c->recv_pending && !c->send_pending) {
+        free(c);
+        return;
+    }
+    /* ktla_conn_close promises no more callbacks, but a receive or send it had in flight may
+     * still use this connection's buffers until its completion comes back; keep them a while. */
+    c->dead_ns = now_ns();
+    c->next = w->grave;
+    w->grave = c;
+}
+
+static void read_next(struct sconn *c);
+static void on_recv(struct ktla_conn *kc, ssize_t n, void *arg);
+
+static void post_recv(struct sconn *c)
+{
+    int ret = ktla_conn_recv(c->kc, c->in + c->in_len, sizeof(c->in) - c->in_len, on_recv, c);
+    if (ret < 0)
+        return conn_close(c);
+    c->recv_pending = true;
+}
+
+static void start_linger(struct sconn *c)
+{
+    c->state = S_LINGER;
+    c->linger_until_ns = now_ns() + LINGER_NS;
+    c->in_len = c->in_off = 0;
+    post_recv(c);
+}
+
+static void finish_response(struct sconn *c)
+{
+    log_request(c);
+    if (c->file_fd >= 0)
+        close(c->file_fd);
+    c->file_fd = -1;
+    if (c->w->draining)
+        c->close_after = true;
+    if (!c->close_after)
+        return read_next(c);
+    if (c->linger_after)
+        return start_linger(c);
+    conn_close(c);
+}
+
+static void on_body_sent(struct ktla_conn *kc, ssize_t n, void *arg);
+
+static void send_body_slice(struct sconn *c)
+{
+    size_t count = c->body_left > BODY_SLICE ? BODY_SLICE : (size_t)c->body_left;
+    int ret = ktla_conn_sendfile(c->kc, c->file_fd, c->body_off, count, on_body_sent, c);
+    if (ret < 0)
+        return conn_close(c);
+    c->send_pending = true;
+}
+
+static void on_body_sent(struct ktla_conn *kc, ssize_t n, void *arg)
+{
+    struct sconn *c = arg;
+    (void)kc;
+    c->send_pending = false;
+    if (n <= 0) /* the client went away, or the file shrank under us */
+        return conn_close(c);
+    c->active_ns = now_ns();
+    c->body_off += (uint64_t)n;
+    c->body_left -= (uint64_t)n;
+    c->body_sent += (uint64_t)n;
+    if (c->body_left)
+        return send_body_slice(c);
+    finish_response(c);
+}
+
+static void on_head_sent(struct ktla_conn *kc, ssize_t n, void *arg)
+{
+    struct sconn *c = arg;
+    (void)kc;
+    c->send_pending = false;
+    if (n < 0)
+        return conn_close(c);
+    c->active_ns = now_ns();
+    c->head_len = (uint64_t)n - c->inline_body;
+    c->body_sent = c->inline_body;
+    if (c->body_left && !c->head_only)
+        return send_body_slice(c);
+    finish_response(c);
+}
+
+/* ---- answering one request */
+
+/* The file (or a directory's index.html) for the request: fills resp and c's body, or returns
+ * an error status. */
+static int serve_file(struct sconn *c, struct http_response *resp)
+{
+    const struct serve_config *cfg = c->w->cfg;
+    const struct http_request *q = &c->rd.req;
+    bool slash;
+    struct stat st;
+
+    int status =
+        files_target_to_path(q->target, q->target_len, c->path, sizeof(c->path) - 16, &slash);
+    if (status)
+        return status;
+    int fd = files_open_beneath(cfg->root_fd, c->path);
+    if (fd < 0)
+        return -fd;
+    if (fstat(fd, &st) < 0)
+        goto err_close;
+    if (S_ISDIR(st.st_mode)) {
+        close(fd);
+        if (!slash) {
+            /* Relative links in its index.html resolve against the directory only with the
+             * slash; the raw target's characters were already checked by http_parser. */
+            size_t plen = strcspn(q->target, "?#");
+            memcpy(c->location, q->target, plen);
+            memcpy(c->location + plen, "/", 2);
+            resp->location = c->location;
+            return 301;
+        }
+        if (strcmp(c->path, "."))
+            strcat(c->path, "/index.html");
+        else
+            strcpy(c->path, "index.html");
+        fd = files_open_beneath(cfg->root_fd, c->path);
+        if (fd < 0)
+            return -fd; /* no index.html: no listing either */
+        if (fstat(fd, &st) < 0)
+            goto err_close;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return 403;
+    }
+    /* Blocking reads from now on: sendfile(2) and io_uring reads want a plain file. */
+    fcntl(fd, F_SETFL, 0);
+
+    files_etag(&st, c->etag, sizeof(c->etag));
+    resp->etag = c->etag;
+    resp->last_modified = st.st_mtim.tv_sec;
+    resp->content_type = mime_lookup(&cfg->mime, c->path);
+    resp->accept_ranges = true;
+    resp->has_length = true;
+    uint64_t size = (uint64_t)st.st_size;
+
+    /* RFC 9110 13.2.2: If-None-Match first; If-Modified-Since only without it. */
+    time_t ims;
+    if (q->if_none_match[0]
+            ? files_etag_match(q->if_none_match, c->etag)
+            : q->if_modified_since[0] && !http_date_parse(q->if_modified_since, &ims) &&
+                  st.st_mtim.tv_sec <= ims) {
+        close(fd);
+        resp->content_type = NULL;
+        resp->has_length = false;
+        return 304;
+    }
+
+    uint64_t first = 0, last = size ? size - 1 : 0;
+    int range = 0;
+    if (q->range[0] && q->method == HTTP_GET) {
+        time_t ir;
+        bool if_range_ok =
+            !q->if_range[0] ||
+            (q->if_range[0] == '"' ? !strcmp(q->if_range, c->etag)
+                                   : !http_date_parse(q->if_range, &ir) && ir == st.st_mtim.tv_sec);
+        if (if_range_ok)
+            range = files_parse_range(q->range, size, &first, &last);
+    }
+    if (range < 0) {
+        close(fd);
+        resp->unsatisfied = true;
+        resp->total = size;
+        return 416;
+    }
+    c->file_fd = fd;
+    c->body_off = first;
+    c->body_left = size ? last - first + 1 : 0;
+    resp->content_length = c->body_left;
+    if (range > 0) {
+        resp->has_range = true;
+        resp->first = first;
+        resp->last = last;
+        resp->total = size;
+        return 206;
+    }
+    return 200;
+
+err_close:
+    close(fd);
+    return 500;
+}
+
+static void respond(struct sconn *c)
+{
+    const struct http_request *q = &c->rd.req;
+    struct http_response resp = {.now = time(NULL)};
+    int status = q->status;
+
+    c->state = S_WRITE;
+    c->file_fd = -1;
+    c->body_left = c->body_sent = c->head_len = 0;
+    if (!status && q->method != HTTP_GET && q->method != HTTP_HEAD) {
+        status = 405;
+        resp.allow = "GET, HEAD";
+    }
+    if (!status && q->has_body)
+        status = 413;
+    if (!status)
+        status = serve_file(c, &resp);
+    c->status = status;
+    c->head_only = q->method == HTTP_HEAD && !q->status;
+
+    /* After a head that could not be read whole, or a body left unread, the next request's
+     * start is unknown: answer, then close, reading what is still coming meanwhile. */
+    c->linger_after = (q->status != 0 && !c->rd.complete) || q->has_body;
+    c->close_after = q->status != 0 || c->linger_after || !q->keep_alive || c->w->draining;
+    resp.status = status;
+    resp.connection = c->close_after ? -1 : q->minor == 0 ? 1 : 0;
+
+    char body[128];
+    size_t body_len = 0;
+    if (status >= 300 && status != 304) {
+        body_len = (size_t)snprintf(body, sizeof(body), "%d %s\n", status, http_reason(status));
+        resp.content_type = "text/plain; charset=utf-8";
+        resp.has_length = true;
+        resp.content_length = body_len;
+        if (c->head_only)
+            body_len = 0;
+    }
+    int n = http_format_head(c->out, sizeof(c->out) - sizeof(body), &resp);
+    if (n < 0)
+        return conn_close(c);
+    memcpy(c->out + n, body, body_len);
+    c->inline_body = body_len;
+    c->out_len = (size_t)n + body_len;
+    int ret = ktla_conn_send(c->kc, c->out, c->out_len, on_head_sent, c);
+    if (ret < 0)
+        return conn_close(c);
+    c->send_pending = true;
+}
+
+/* Parses what is buffered; answers a complete request or asks for more. */
+static void process_input(struct sconn *c)
+{
+    size_t n = http_reader_feed(&c->rd, c->in + c->in_off, c->in_len - c->in_off);
+    c->in_off += n;
+    if (c->in_off == c->in_len)
+        c->in_off = c->in_len = 0;
+    if (c->rd.done)
+        return respond(c);
+    if (c->w->draining && c->rd.head_bytes == 0)
+        return conn_close(c);
+    post_recv(c);
+}
+
+static void read_next(struct sconn *c)
+{
+    c->state = S_READ;
+    c->req_start_ns = 0;
+    http_reader_start(&c->rd);
+    /* Pipelined requests wait in the buffer: move them to its start. */
+    if (c->in_off) {
+        memmove(c->in, c->in + c->in_off, c->in_len - c->in_off);
+        c->in_len -= c->in_off;
+        c->in_off = 0;
+    }
+    if (c->in_len) {
+        c->req_start_ns = now_ns();
+        return process_input(c);
+    }
+    if (c->w->draining)
+        return conn_close(c);
+    post_recv(c);
+}
+
+static void on_recv(struct ktla_conn *kc, ssize_t n, void *arg)
+{
+    struct sconn *c = arg;
+    (void)kc;
+    c->recv_pending = false;
+    /* 0: close_notify; < 0: the client reset or closed without close_notify, which is how many
+     * clients end a connection: nothing worth a message. */
+    if (n <= 0)
+        return conn_close(c);
+    c->active_ns = now_ns();
+    if (c->state == S_LINGER) {
+        post_recv(c);
+        return;
+    }
+    if (!c->req_start_ns)
+        c->req_start_ns = c->active_ns;
+    c->in_len += (size_t)n;
+    process_input(c);
+}
+
+static void on_conn(struct ktla_conn *kc, void *arg)
+{
+    struct worker *w = arg;
+    struct sconn *c = malloc(sizeof(*c));
+
+    if (!c) {
+        ktla_conn_close(kc);
+        return;
+    }
+    c->w = w;
+    c->kc = kc;
+    c->prev = NULL;
+    c->next = w->conns;
+    if (w->conns)
+        w->conns->prev = c;
+    w->conns = c;
+    w->nconns++;
+    c->recv_pending = c->send_pending = false;
+    c->file_fd = -1;
+    c->in_len = c->in_off = 0;
+    c->active_ns = now_ns();
+    if (w->nconns > w->cfg->max_conns) {
+        /* Over the limit: a short answer rather than a silent reset. */
+        http_reader_start(&c->rd);
+        c->rd.done = true;
+        c->rd.req.status = 503;
+        c->req_start_ns = c->active_ns;
+        return respond(c);
+    }
+    read_next(c);
+}
+
+static void on_fail(const char *peer, int code, const char *detail, void *arg)
+{
+    (void)arg;
+    if (code == KTLA_ECLOSED)
+        return; /* our own shutdown */
+    fprintf(stderr, "ktla-serve: %s: handshake failed: %s%s%s\n", peer, ktla_strerror(code),
+            detail && *detail ? ": " : "", detail ? detail : "");
+}
+
+/* ---- the worker's own events */
+
+static void begin_drain(struct worker *w)
+{
+    w->draining = true;
+    w->drain_deadline_ns = now_ns() + (uint64_t)w->cfg->drain_timeout_s * NS;
+    if (w->acc) {
+        ktla_acceptor_get_stats(w->acc, &w->stats);
+        ktla_acceptor_free(w->acc);
+        w->acc = NULL;
+    }
+    /* Idle keep-alive connections go now; the others once their response is out. */
+    for (struct sconn *c = w->conns, *next; c; c = next) {
+        next = c->next;
+        if ((c->state == S_READ && c->rd.head_bytes == 0 && c->in_len == 0) || c->state == S_LINGER)
+            conn_close(c);
+        else
+            c->close_after = true;
+    }
+}
+
+static void tick(struct worker *w)
+{
+    uint64_t now = now_ns(), idle = (uint64_t)w->cfg->idle_timeout_s * NS;
+
+    for (struct sconn *c = w->conns, *next; c; c = next) {
+        next = c->next;
+        bool expired =
+            c->state == S_LINGER ? now >= c->linger_until_ns : now - c->active_ns >= idle;
+        if (expired || (w->draining && now >= w->drain_deadline_ns))
+            conn_close(c);
+    }
+    for (struct sconn **p = &w->grave, *c; (c = *p);) {
+        if (now - c->dead_ns >= GRAVE_NS) {
+            *p = c->next;
+            free(c);
+        } else {
+            p = &c->next;
+        }
+    }
+}
+
+static void own_complete(struct worker *w, struct io_uring_cqe *cqe)
+{
+    struct own_op *op = io_uring_cqe_get_data(cqe);
+
+    w->own_inflight--;
+    if (op == &w->tick_op) {
+        w->tick_armed = false;
+        tick(w);
+        if (!w->winding)
+            arm_tick(w);
+    } else if (op == &w->wake_op) {
+        w->wake_armed = false;
+        if (cqe->res > 0 && !w->winding)
+            arm_wake(w);
+    }
+}
+
+static void handle_completions(struct worker *w)
+{
+    struct io_uring_cqe *cqe;
+    while (io_uring_peek_cqe(&w->ring, &cqe) == 0) {
+        /* Seen before it is handled: a callback may submit and reap on this ring. */
+        struct io_uring_cqe copy = *cqe;
+        io_uring_cqe_seen(&w->ring, cqe);
+        if (!ktla_dispatch(&copy))
+            own_complete(w, &copy);
+    }
+}
+
+static void look_at_stop(struct worker *w)
+{
+    int stop = atomic_load(w->stop);
+    if (stop && !w->draining)
+        begin_drain(w);
+    if (stop >= 2 && w->draining) {
+        w->drain_deadline_ns = 0;
+        for (struct sconn *c = w->conns, *next; c; c = next) {
+            next = c->next;
+            conn_close(c);
+        }
+    }
+}
+
+/* After the last connection: cancel the tick and the wake read, and run the ring until every
+ * operation of ours and ktla's has come back, so nothing outlives the ring. */
+static void wind_down(struct worker *w)
+{
+    struct io_uring_sqe *sqe;
+    w->winding = true;
+    if (w->tick_armed && (sqe = own_sqe(w))) {
+        io_uring_prep_timeout_remove(sqe, (uint64_t)(uintptr_t)&w->tick_op, 0);
+        io_uring_sqe_set_data(sqe, &w->cancel_op);
+        w->own_inflight++;
+    }
+    if (w->wake_armed && (sqe = own_sqe(w))) {
+        io_uring_prep_cancel(sqe, &w->wake_op, 0);
+        io_uring_sqe_set_data(sqe, &w->cancel_op);
+        w->own_inflight++;
+    }
+    io_uring_submit(&w->ring);
+    /* ktla's last operations (the accept's cancellation, closing connections) have no signal
+     * of their own: a quiet 200 ms after ours are back means they are done. */
+    for (;;) {
+        struct io_uring_cqe *cqe;
+        struct __kernel_timespec ts = {.tv_nsec = 200 * 1000000};
+        int ret = io_uring_wait_cqe_timeout(&w->ring, &cqe, &ts);
+        if (ret == -ETIME && !w->own_inflight)
+            break;
+        if (ret < 0 && ret != -ETIME && ret != -EINTR)
+            break;
+        handle_completions(w);
+        io_uring_submit(&w->ring);
+    }
+    while (w->grave) {
+        struct sconn *c = w->grave;
+        w->grave = c->next;
+        free(c);
+    }
+}
+
+void worker_run(struct worker *w)
+{
+    for (;;) {
+        int ret = io_uring_submit_and_wait(&w->ring, 1);
+        if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
+            fprintf(stderr, "ktla-serve: worker %d: io_uring: %s\n", w->index, ktla_strerror(ret));
+            w->failed = true;
+            atomic_store(w->stop, 2);
+        }
+        handle_completions(w);
+        look_at_stop(w);
+        if (!w->tick_armed)
+            arm_tick(w);
+        if (w->cfg->log_fd >= 0 && w->loglen)
+            log_flush(w);
+        if (w->draining && !w->conns)
+            break;
+    }
+    wind_down(w);
+    atomic_store(&w->exited, 1);
+}
+
+static void *worker_main(void *arg)
+{
+    worker_run(arg);
+    return NULL;
+}
+
+/* ---- set-up */
+
+int worker_init(struct worker *w)
+{
+    struct io_uring_params p = {.flags = IORING_SETUP_CQSIZE, .cq_entries = 8192};
+    int ret = io_uring_queue_init_params(512, &w->ring, &p);
+    if (ret < 0) {
+        fprintf(stderr, "ktla-serve: io_uring_queue_init: %s\n", ktla_strerror(ret));
+        return ret;
+    }
+    w->wake_fd = eventfd(0, EFD_CLOEXEC);
+    if (w->wake_fd < 0) {
+        ret = -errno;
+        fprintf(stderr, "ktla-serve: eventfd: %s\n", ktla_strerror(ret));
+        goto err_ring;
+    }
+    struct ktla_acceptor_config ac = {
+        .listen_fd = w->listen_fd,
+        .ctx = w->cfg->ctx,
+        .ring = &w->ring,
+        .ktls = w->cfg->ktls,
+        .handshake_timeout_ms = w->cfg->handshake_timeout_ms,
+        .on_conn = on_conn,
+        .on_fail = on_fail,
+        .arg = w,
+    };
+    ret = ktla_acceptor_new(&ac, &w->acc);
+    if (ret < 0) {
+        fprintf(stderr, "ktla-serve: cannot start accepting: %s\n", ktla_strerror(ret));
+        goto err_eventfd;
+    }
+    w->tick_op.kind = OWN_TICK;
+    w->wake_op.kind = OWN_WAKE;
+    w->cancel_op.kind = OWN_CANCEL;
+    w->tick_ts = (struct __kernel_timespec){.tv_sec = 1};
+    arm_tick(w);
+    arm_wake(w);
+    return 0;
+
+err_eventfd:
+    close(w->wake_fd);
+err_ring:
+    io_uring_queue_exit(&w->ring);
+    return ret;
+}
+
+int worker_start(struct worker *w)
+{
+    int ret = pthread_create(&w->thread, NULL, worker_main, w);
+    return -ret;
+}
+
+void worker_wake(struct worker *w)
+{
+    uint64_t one = 1;
+    (void)!write(w->wake_fd, &one, sizeof(one));
+}
+
+void worker_release(struct worker *w)
+{
+    io_uring_queue_exit(&w->ring);
+    close(w->wake_fd);
+}
+
+void worker_join(struct worker *w)
+{
+    pthread_join(w->thread, NULL);
+    worker_release(w);
+}

@@ -1,0 +1,74 @@
+/* The worker threads of ktla-serve: what main.c sets up and hands to each of them. */
+#ifndef KTLA_SERVE_WORKER_H
+#define KTLA_SERVE_WORKER_H
+
+#include <liburing.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include <ktla.h>
+
+#include "serve.h"
+
+/* What every worker reads and none writes, except the atomics. */
+struct serve_config {
+    int root_fd; /* DIR, O_PATH */
+    struct ktla_ctx *ctx;
+    enum ktla_ktls_policy ktls;
+    unsigned handshake_timeout_ms;
+    unsigned idle_timeout_s;
+    unsigned drain_timeout_s;
+    unsigned max_conns; /* per worker */
+    int log_fd;         /* -1: no access log */
+    struct mime_table mime;
+    atomic_int stop; /* 0: serve; 1: drain (SIGTERM/SIGINT); 2: close everything now */
+};
+
+struct sconn;
+
+struct worker {
+    const struct serve_config *cfg;
+    atomic_int *stop;
+    int index;
+    int listen_fd;
+    int wake_fd; /* eventfd: main.c rings it to make the worker look at `stop` */
+    pthread_t thread;
+    atomic_int exited;
+    bool failed; /* the ring failed: the exit status says so */
+    struct io_uring ring;
+    struct ktla_acceptor *acc;
+    struct ktla_acceptor_stats stats; /* kept when the acceptor goes away */
+    struct sconn *conns;              /* established connections */
+    struct sconn *grave;              /* closed, waiting until ktla can no longer touch them */
+    unsigned nconns;
+    bool draining;
+    bool winding; /* after the last connection: nothing of ours is re-armed */
+    uint64_t drain_deadline_ns;
+    /* This worker's own submissions on the shared ring: user_data is the address of one of
+     * these (even, so bit 0 stays clear for ktla_dispatch). */
+    struct own_op {
+        int kind;
+    } tick_op, wake_op, cancel_op;
+    unsigned own_inflight;
+    bool tick_armed, wake_armed;
+    uint64_t wake_val;
+    struct __kernel_timespec tick_ts;
+    uint64_t served, bytes;
+    char logbuf[64 * 1024];
+    size_t loglen;
+};
+
+/* Makes the ring and the acceptor on w->listen_fd; 0, or a ktla code with the reason printed. */
+int worker_init(struct worker *w);
+/* Runs the worker on its own thread until it has drained. 0 or -errno. */
+int worker_start(struct worker *w);
+/* Runs the worker on the calling thread until it has drained. */
+void worker_run(struct worker *w);
+/* Makes the worker look at `stop` now. Async-signal-safe. */
+void worker_wake(struct worker *w);
+/* Waits for the thread, then worker_release. */
+void worker_join(struct worker *w);
+/* Frees what worker_init made (the listening socket stays the caller's). */
+void worker_release(struct worker *w);
+
+#endif

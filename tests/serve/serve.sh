@@ -1,0 +1,329 @@
+#!/usr/bin/env bash
+# ktla-serve end to end, with curl (and openssl s_client where curl cannot say it) as the client.
+#
+# usage: tests/serve/serve.sh BUILD_DIR kernel|userspace
+#   kernel:    the server runs with --ktls require; every access-log line must say "kernel", and
+#              /proc/net/tls_stat must count one TX and one RX context for a TLS 1.2 and for a
+#              TLS 1.3 download;
+#   userspace: this machine has no kernel TLS, so every access-log line must say "userspace".
+# Prints TAP ("ok N - ..."), then "serve: N passed, N failed, 0 skipped". Exit status 1 on failure.
+# No sleeps to wait for things: every wait polls with a deadline (the guest is slow).
+set -u
+build=$(cd "$1" && pwd)
+expect=$2
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+    wait 2>/dev/null
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+n=0 pass=0 fail=0
+ok() { n=$((n + 1)); pass=$((pass + 1)); echo "ok $n - $1"; }
+not_ok() {
+    n=$((n + 1)); fail=$((fail + 1)); echo "not ok $n - $1"
+    [ -n "${2:-}" ] && printf '%s\n' "$2" | sed 's/^/#   /' | head -n 10
+    return 0
+}
+# check NAME CONDITION: ok when the shell condition (a string, evaluated here) holds.
+check() { if eval "$2"; then ok "$1"; else not_ok "$1"; fi; }
+
+# wait_for SECONDS COMMAND...: polls the command every 20 ms until it succeeds or time runs out.
+wait_for() {
+    local end=$(($(date +%s) + $1)); shift
+    until "$@"; do
+        [ "$(date +%s)" -ge "$end" ] && return 1
+        sleep 0.02
+    done
+}
+
+# The served tree, and a secret beside it that no request may reach.
+root=$work/www
+mkdir -p "$root/sub" "$root/noindex" "$work/outside"
+echo "secret-$RANDOM$RANDOM" >"$work/outside/secret.txt"
+secret=$(cat "$work/outside/secret.txt")
+: >"$root/f0"
+for s in 1 16383 16384 16385; do head -c $s /dev/urandom >"$root/f$s"; done
+head -c $((10 << 20)) /dev/urandom >"$root/big.bin"
+head -c $((1 << 20)) /dev/urandom >"$root/mid.bin"
+echo '<h1>ktla-serve</h1>' >"$root/index.html"
+echo '<p>sub</p>' >"$root/sub/index.html"
+echo 'plain' >"$root/noindex/file.txt"
+ln -s ../outside/secret.txt "$root/escape"
+ln -s "$work/outside/secret.txt" "$root/abs"
+ln -s ../outside "$root/outdir"
+mkfifo "$root/fifo"
+
+policy=auto
+[ "$expect" = kernel ] && policy=require
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1}
+
+# start_server NAME ARGS...: starts ktla-serve, waits for its URL; sets $url and $spid.
+start_server() {
+    local name=$1; shift
+    "$build/ktla-serve" --listen 127.0.0.1:0 --workers 2 --ktls $policy "$@" \
+        >"$work/$name.out" 2>"$work/$name.err" &
+    spid=$!
+    pids+=("$spid")
+    if ! wait_for 120 grep -q '^ktla-serve .* at https://' "$work/$name.out"; then
+        echo "# $name did not start:"; sed 's/^/#   /' "$work/$name.out" "$work/$name.err"
+        url=https://127.0.0.1:1/
+        return 1
+    fi
+    url=$(grep -o 'https://[^ ]*' "$work/$name.out" | head -n 1)
+}
+
+tls_stat() { awk -v k="$1" '$1 == k { print $2 }' /proc/net/tls_stat 2>/dev/null || echo 0; }
+
+start_server main --access-log "$work/access.log" --drain-timeout 300 "$root"
+log=$work/main.out
+
+c=(curl -sk --max-time 300)
+sha() { sha256sum "$1" | cut -d' ' -f1; }
+
+# ---- start-up lines
+head -n 3 "$log" | grep -q 'certificate: self-signed ECDSA P-256.*SHA-256 [0-9A-F:]\{95\}$' &&
+    if [ "$expect" = kernel ]; then grep -q '^  kernel TLS:  yes' "$log"
+    else grep -q '^  kernel TLS:  no, because .*(KTLA_' "$log"; fi &&
+    ok "start-up lines: URL, certificate fingerprint, kernel TLS ($expect) with the reason" ||
+    not_ok "start-up lines" "$(cat "$log")"
+
+# The fingerprint printed is the certificate served.
+fp_printed=$(grep -o 'SHA-256 [0-9A-F:]*' "$log" | head -n 1 | cut -d' ' -f2)
+port=${url##*:}; port=${port%/}
+fp_served=$(openssl s_client -connect "127.0.0.1:$port" </dev/null 2>/dev/null |
+    openssl x509 -noout -fingerprint -sha256 2>/dev/null | cut -d= -f2)
+check "the printed fingerprint is the served certificate's" '[ -n "$fp_served" ] && [ "$fp_served" = "$fp_printed" ]'
+
+# ---- whole files, both TLS versions; one curl per version (curl starts slowly in the guest)
+files=(f0 f1 f16383 f16384 f16385 big.bin)
+for v in 1.3 1.2; do
+    args=()
+    for f in "${files[@]}"; do args+=(-o "$work/got-$f" "$url$f"); done
+    out=$("${c[@]}" --tlsv$v --tls-max $v -w '%{http_code} %{time_total}\n' "${args[@]}")
+    i=0
+    while read -r code secs; do
+        f=${files[$i]}
+        i=$((i + 1))
+        if [ "$code" = 200 ] && [ "$(sha "$work/got-$f")" = "$(sha "$root/$f")" ]; then
+            ok "TLS $v: $f ($(stat -c %s "$root/$f") bytes) arrives with the right SHA-256"
+        else
+            not_ok "TLS $v: $f: status $code, SHA-256 differs or missing"
+        fi
+        [ "$f" = big.bin ] && echo "# TLS $v: 10 MiB in $secs s"
+    done <<<"$out"
+    [ $i = ${#files[@]} ] || not_ok "TLS $v: only $i of ${#files[@]} downloads answered"
+done
+
+# ---- ranges, on one connection (--next: each transfer its own Range)
+specs=(0-0 5000-5099 16384-16384 -100 16000-)
+names=("first byte" middle "last byte" suffix "open end")
+froms=(0 5000 16384 16285 16000)
+lens=(1 100 1 100 385)
+args=()
+for i in "${!specs[@]}"; do
+    [ $i = 0 ] || args+=(--next)
+    args+=(-sk -H "Range: bytes=${specs[$i]}" -o "$work/range$i" -w '%{http_code}\n' "${url}f16385")
+done
+# (no process substitution: the guest has no /dev/fd)
+out=$(curl --max-time 300 "${args[@]}")
+mapfile -t codes <<<"$out"
+for i in "${!specs[@]}"; do
+    tail -c +$((froms[i] + 1)) "$root/f16385" | head -c "${lens[$i]}" >"$work/want"
+    if [ "${codes[$i]:-}" = 206 ] && cmp -s "$work/range$i" "$work/want"; then
+        ok "range ${names[$i]} (${specs[$i]}): 206, right bytes"
+    else
+        not_ok "range ${names[$i]} (${specs[$i]}): status ${codes[$i]:-none}"
+    fi
+done
+hdr=$("${c[@]}" -D - -o /dev/null -H 'Range: bytes=16385-' "${url}f16385" | tr -d '\r')
+echo "$hdr" | grep -q '^HTTP/1.1 416' && echo "$hdr" | grep -qi '^content-range: bytes \*/16385$' &&
+    ok "unsatisfiable range: 416 with Content-Range: bytes */16385" || not_ok "unsatisfiable range" "$hdr"
+code=$("${c[@]}" -o "$work/got" -w '%{http_code}' -H 'Range: bytes=0-1,5-6' "${url}f16385")
+check "several ranges: the whole file, 200" '[ "$code" = 200 ] && cmp -s "$work/got" "$root/f16385"'
+
+# ---- HEAD and validators
+hdr=$("${c[@]}" -I "${url}mid.bin" | tr -d '\r')
+etag=$(echo "$hdr" | sed -n 's/^[Ee][Tt]ag: //p')
+lm=$(echo "$hdr" | sed -n 's/^[Ll]ast-[Mm]odified: //p')
+echo "$hdr" | grep -q '^HTTP/1.1 200' && echo "$hdr" | grep -qi "^content-length: $((1 << 20))$" &&
+    [ -n "$etag" ] && [ -n "$lm" ] && ok "HEAD: 200, Content-Length, ETag, Last-Modified" ||
+    not_ok "HEAD" "$hdr"
+size=$("${c[@]}" -I -o /dev/null -w '%{size_download}' "${url}mid.bin")
+check "HEAD: no body" '[ "$size" = 0 ]'
+code=$("${c[@]}" -o /dev/null -w '%{http_code}' -H "If-None-Match: $etag" "${url}mid.bin")
+check "If-None-Match with the ETag: 304" '[ "$code" = 304 ]'
+code=$("${c[@]}" -o /dev/null -w '%{http_code}' -H "If-None-Match: \"other\", $etag" "${url}mid.bin")
+check "If-None-Match with a list holding the ETag: 304" '[ "$code" = 304 ]'
+code=$("${c[@]}" -o /dev/null -w '%{http_code}' -H "If-Modified-Since: $lm" "${url}mid.bin")
+check "If-Modified-Since = Last-Modified: 304" '[ "$code" = 304 ]'
+code=$("${c[@]}" -o /dev/null -w '%{http_code}' -H 'If-None-Match: "other"' -H "If-Modified-Since: $lm" "${url}mid.bin")
+check "If-None-Match not matching wins over If-Modified-Since: 200" '[ "$code" = 200 ]'
+code=$("${c[@]}" -o /dev/null -w '%{http_code}' -H 'If-Modified-Since: Sat, 01 Jan 2000 00:00:00 GMT' "${url}mid.bin")
+check "If-Modified-Since before the change: 200" '[ "$code" = 200 ]'
+ctype=$("${c[@]}" -o /dev/null -w '%{content_type}' "$url")
+check "/ serves index.html as text/html" '[ "$ctype" = text/html ]'
+loc=$("${c[@]}" -o /dev/null -w '%{http_code} %{redirect_url}' "${url}sub")
+check "a directory without its slash: 301 to it with the slash" '[ "$loc" = "301 ${url}sub/" ]'
+
+# ---- one connection, many requests
+args=()
+for i in $(seq 20); do args+=(-o /dev/null "${url}f16385"); done
+out=$("${c[@]}" -w '%{http_code} %{num_connects}\n' "${args[@]}")
+conns=$(echo "$out" | awk '{ s += $2 } END { print s }')
+codes=$(echo "$out" | grep -c '^200 ')
+check "20 requests on one keep-alive connection ($codes answered 200 over $conns connection)" '[ "$codes" = 20 ] && [ "$conns" = 1 ]'
+
+pipelined=$(printf 'GET /index.html HTTP/1.1\r\nHost: x\r\n\r\nHEAD /f16384 HTTP/1.1\r\nHost: x\r\n\r\nGET /sub/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' |
+    timeout 120 openssl s_client -quiet -connect "127.0.0.1:$port" 2>/dev/null | tr -d '\r')
+answers=$(echo "$pipelined" | grep '^HTTP/1.1' | tr '\n' ' ')
+check "three pipelined requests in one write: three answers in order" \
+    '[ "$answers" = "HTTP/1.1 200 OK HTTP/1.1 200 OK HTTP/1.1 200 OK " ] && echo "$pipelined" | grep -q "<p>sub</p>"'
+[ "$answers" = "HTTP/1.1 200 OK HTTP/1.1 200 OK HTTP/1.1 200 OK " ] || echo "$pipelined" | head -n 20 | sed 's/^/#   /'
+
+# ---- concurrency
+cpids=()
+for i in $(seq 8); do
+    "${c[@]}" -o "$work/par$i" "${url}mid.bin" &
+    cpids+=($!)
+done
+for p in "${cpids[@]}"; do wait "$p"; done
+good=0
+for i in $(seq 8); do [ "$(sha "$work/par$i")" = "$(sha "$root/mid.bin")" ] && good=$((good + 1)); done
+check "8 concurrent downloads of 1 MiB: $good of 8 with the right SHA-256" '[ $good = 8 ]'
+
+# ---- nothing outside DIR
+escapes=(/../outside/secret.txt /%2e%2e/outside/secret.txt /%2E%2E%2Foutside%2Fsecret.txt
+    /sub/../../outside/secret.txt /sub/%2e%2e/%2e%2e/outside/secret.txt /escape /abs
+    /outdir/secret.txt /secret.txt%00.html /f1%00 //etc/passwd /fifo /noindex/ /noindex
+    "/..%5c..%5coutside/secret.txt")
+bad=""
+args=()
+for i in "${!escapes[@]}"; do args+=(-o "$work/esc$i" "${url%/}${escapes[$i]}"); done
+out=$("${c[@]}" --path-as-is -w '%{http_code}\n' "${args[@]}")
+mapfile -t codes <<<"$out"
+for i in "${!escapes[@]}"; do
+    e=${escapes[$i]} code=${codes[$i]:-none}
+    case $code in 403 | 404) ;; 301) [ "$e" = /noindex ] || bad="$bad $e:$code" ;; *) bad="$bad $e:$code" ;; esac
+    [ -f "$work/esc$i" ] && grep -q "$secret\|root:" "$work/esc$i" && bad="$bad $e:leaked"
+done
+check "${#escapes[@]} path escapes (.., %2e%2e, symlinks out, NUL, FIFO, no listing): 403/404, nothing leaked" '[ -z "$bad" ]'
+[ -n "$bad" ] && echo "#   $bad"
+
+# ---- errors
+code=$("${c[@]}" -o /dev/null -w '%{http_code}' "${url}nothing-here")
+check "missing file: 404" '[ "$code" = 404 ]'
+hdr=$("${c[@]}" -D - -o /dev/null -X DELETE "${url}f1" | tr -d '\r')
+echo "$hdr" | grep -q '^HTTP/1.1 405' && echo "$hdr" | grep -qi '^allow: GET, HEAD$' &&
+    ok "DELETE: 405 with Allow: GET, HEAD" || not_ok "DELETE: 405" "$hdr"
+code=$("${c[@]}" -o /dev/null -w '%{http_code}' -X GET --data-binary 'body' "${url}f1")
+check "a request with a body: 413" '[ "$code" = 413 ]'
+long=$(head -c 9000 /dev/zero | tr '\0' a)
+code=$("${c[@]}" -o /dev/null -w '%{http_code}' "${url}$long")
+check "a 9000-byte target: 414" '[ "$code" = 414 ]'
+pad=$(head -c 20000 /dev/zero | tr '\0' p)
+code=$("${c[@]}" -o /dev/null -w '%{http_code}' -H "X-Pad: $pad" "${url}f1")
+check "a request head over 16 KiB: 431" '[ "$code" = 431 ]'
+raw() {
+    printf "$1" | timeout 120 openssl s_client -quiet -connect "127.0.0.1:$port" 2>/dev/null |
+        head -n 1 | tr -d '\r'
+}
+check "HTTP/2.0 request line: 505" '[ "$(raw '\''GET / HTTP/2.0\r\nHost: x\r\n\r\n'\'')" = "HTTP/1.1 505 HTTP Version Not Supported" ]'
+check "HTTP/1.1 without Host: 400" '[ "$(raw '\''GET / HTTP/1.1\r\n\r\n'\'')" = "HTTP/1.1 400 Bad Request" ]'
+check "garbage: 400" '[ "$(raw '\''hello there\r\n\r\n'\'')" = "HTTP/1.1 400 Bad Request" ]'
+
+# ---- IPv6
+"$build/ktla-serve" --listen '[::1]:0' --workers 1 --ktls $policy "$root" >"$work/v6.out" 2>"$work/v6.err" &
+v6=$!
+pids+=("$v6")
+if wait_for 120 grep -q 'https://\[::1\]' "$work/v6.out"; then
+    v6url=$(grep -o 'https://[^ ]*' "$work/v6.out" | head -n 1)
+    code=$("${c[@]}" -g -o "$work/got" -w '%{http_code}' "${v6url}f16385")
+    check "IPv6: --listen [::1]:0 serves $v6url" '[ "$code" = 200 ] && cmp -s "$work/got" "$root/f16385"'
+else
+    not_ok "IPv6: --listen [::1]:0" "$(cat "$work/v6.out" "$work/v6.err")"
+fi
+kill -TERM $v6 2>/dev/null; wait $v6 2>/dev/null
+
+# ---- kernel TLS counters, one download per version on an otherwise idle server
+if [ "$expect" = kernel ]; then
+    for v in 1.2 1.3; do
+        tx0=$(tls_stat TlsTxSw); rx0=$(tls_stat TlsRxSw)
+        "${c[@]}" --tlsv$v --tls-max $v -o "$work/got" "${url}f16385"
+        tx=$(($(tls_stat TlsTxSw) - tx0)); rx=$(($(tls_stat TlsRxSw) - rx0))
+        check "TLS $v: /proc/net/tls_stat counted $tx TX and $rx RX contexts (want 1 and 1)" \
+            '[ "$tx" = 1 ] && [ "$rx" = 1 ] && cmp -s "$work/got" "$root/f16385"'
+    done
+    sed 's/^/# /' /proc/net/tls_stat
+fi
+lines=$(grep -c '' "$work/access.log")
+modes=$(awk '{ print $(NF-2) }' "$work/access.log" | sort | uniq -c | tr -s ' ' | tr '\n' ',')
+check "access log: $lines lines, all in $expect mode ($modes)" '[ "$lines" -gt 50 ] && ! awk '\''{ print $(NF-2) }'\'' "$work/access.log" | grep -qv "^$expect$"'
+grep -q '"GET /f16385 HTTP/1.1" 206 1 TLSv1.3 TLS_' "$work/access.log" &&
+    ok "access log line: CLF, then TLS version, cipher, mode, bytes, seconds" ||
+    not_ok "access log line format" "$(head -n 3 "$work/access.log")"
+
+# ---- SIGHUP: new certificate and ticket keys, shared between two servers
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
+    -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+openssl rand 80 >"$work/tickets"
+start_server a --cert "$work/cert.pem" --key "$work/key.pem" --tickets "$work/tickets" "$root"
+pa=$spid; urla=$url; porta=${url##*:}; porta=${porta%/}
+start_server b --cert "$work/cert.pem" --key "$work/key.pem" --tickets "$work/tickets" "$root"
+pb=$spid; portb=${url##*:}; portb=${portb%/}
+openssl s_client -tls1_2 -connect "127.0.0.1:$porta" -sess_out "$work/sess" </dev/null >/dev/null 2>&1
+reused=$(openssl s_client -tls1_2 -connect "127.0.0.1:$portb" -sess_in "$work/sess" </dev/null 2>/dev/null | grep -c '^Reused')
+check "shared --tickets: a session from one server resumes on the other" '[ "$reused" = 1 ]'
+# An idle keep-alive connection across the reload must stay usable.
+mkfifo "$work/ka.in"
+openssl s_client -quiet -connect "127.0.0.1:$porta" <"$work/ka.in" >"$work/ka.out" 2>/dev/null &
+kap=$!
+exec 3>"$work/ka.in"
+printf 'GET /f1 HTTP/1.1\r\nHost: x\r\n\r\n' >&3
+wait_for 60 grep -q '^HTTP/1.1 200' "$work/ka.out"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
+    -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+openssl rand 80 >"$work/tickets"
+kill -HUP $pa
+wait_for 60 grep -q 'ticket keys reloaded' "$work/a.err"
+printf 'GET /sub/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' >&3
+exec 3>&-
+wait_for 60 grep -q '<p>sub</p>' "$work/ka.out"
+check "SIGHUP: a keep-alive connection from before the reload still answers" 'grep -q '\''<p>sub</p>'\'' "$work/ka.out"'
+kill $kap 2>/dev/null
+fp_new=$(openssl x509 -in "$work/cert.pem" -noout -fingerprint -sha256 | cut -d= -f2)
+fp_served=$(openssl s_client -connect "127.0.0.1:$porta" </dev/null 2>/dev/null |
+    openssl x509 -noout -fingerprint -sha256 2>/dev/null | cut -d= -f2)
+check "SIGHUP: new connections get the new certificate" '[ "$fp_served" = "$fp_new" ]'
+reused=$(openssl s_client -tls1_2 -connect "127.0.0.1:$porta" -sess_in "$work/sess" </dev/null 2>/dev/null | grep -c '^Reused')
+check "SIGHUP: the old ticket key is gone (no resumption with it)" '[ "$reused" = 0 ]'
+kill -TERM $pa $pb
+wait $pa; sa=$?
+wait $pb; sb=$?
+check "servers a and b exit 0 on SIGTERM" '[ $sa = 0 ] && [ $sb = 0 ]'
+[ $sa = 0 ] || sed 's/^/#   a: /' "$work/a.err" | tail -n 20
+
+# ---- SIGTERM during a download: it finishes, then the server exits 0
+url=$(grep -o 'https://[^ ]*' "$work/main.out" | head -n 1)
+"${c[@]}" --limit-rate 2M -o "$work/drain" "${url}big.bin" &
+cp=$!
+wait_for 120 test -s "$work/drain"
+main_pid=${pids[0]}
+kill -TERM "$main_pid"
+wait "$cp"; crc=$?
+wait "$main_pid"; src=$?
+check "SIGTERM during a 10 MiB download: the download completes with the right SHA-256" \
+    '[ $crc = 0 ] && [ "$(sha "$work/drain")" = "$(sha "$root/big.bin")" ]'
+check "SIGTERM: the server then exits 0" '[ $src = 0 ]'
+code=$("${c[@]}" -o /dev/null -w '%{http_code}' "${url}f1")
+check "after the drain nothing listens any more" '[ "$code" = 000 ]'
+if grep -qE 'ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:' "$work"/*.err; then
+    not_ok "no sanitizer reports from the servers" "$(grep -hE -A5 'ERROR:|runtime error:' "$work"/*.err)"
+else
+    ok "no sanitizer reports from the servers"
+fi
+
+echo "serve: $pass passed, $fail failed, 0 skipped"
+[ $fail -eq 0 ]
