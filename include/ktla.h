@@ -65,7 +65,6 @@ extern "C" {
     X(KTLA_ENOCIPHER, -4020, "the negotiated cipher suite cannot be carried by kernel TLS")        \
     X(KTLA_EBUSY, -4021, "another operation of this kind is already in progress on this connection") \
     X(KTLA_EDISABLED, -4022, "kernel TLS is turned off by configuration")                          \
-    X(KTLA_ENOMORE, -4023, "too many connections: the limit on handshakes in flight was reached") \
     X(KTLA_ENOTTLS, -4024, "the client does not speak TLS (plain HTTP sent to a TLS port?)")     \
     X(KTLA_ENOREKEY, -4025,                                                                        \
       "the peer updated its TLS 1.3 traffic key (KeyUpdate), which kernel TLS here cannot follow "  \

@@ -113,7 +113,6 @@ static void hs_fail(struct ktla_conn *c, int code)
     if (c->hs_failed)
         return;
     c->hs_failed = true;
-    c->hs_error = code;
     if (c->hs && c->hs->ssl_error)
         ERR_error_string_n(c->hs->ssl_error, detail, sizeof(detail));
     acc->stats.handshakes_failed++;

@@ -54,14 +54,12 @@ struct ktla_conn {
     uint64_t start_ns, deadline_ns;
     struct ktla_conn *dl_prev, *dl_next; /* deadline list: handshakes in start order */
     bool hs_failed;
-    int hs_error;
 
     /* Established. */
     SSL *ssl;              /* userspace mode only (one direction or both) */
     uint8_t *early;        /* plaintext that came with the handshake, not yet delivered */
     size_t early_len, early_off;
     bool peer_closed;      /* close_notify seen */
-    bool close_requested;
 
     void *rbuf;            /* the application's receive in progress */
     size_t rlen;
@@ -80,7 +78,7 @@ struct ktla_conn {
     uint8_t *raw;          /* userspace mode: ciphertext received (rx) */
     size_t raw_cap;
     uint8_t *enc;          /* userspace mode: ciphertext to send (tx), and a file chunk */
-    size_t enc_len, enc_off, enc_cap, chunk_len;
+    size_t enc_len, enc_off, enc_cap;
     uint8_t *chunk;
 };
 
