@@ -7,6 +7,7 @@
 #include <ctype.h>
 #include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -23,15 +24,36 @@ static int fail(http_parser *p, int status)
     return -1;
 }
 
+/* Appends n bytes to a heap string of at most max bytes, growing it by doubling. 0, -1 when it
+ * would pass max, -2 when out of memory. */
+static int append(char **s, size_t *len, size_t *cap, size_t max, const char *at, size_t n)
+{
+    if (*len + n > max)
+        return -1;
+    if (*len + n + 1 > *cap) {
+        size_t c = *cap ? *cap : 32;
+        while (c < *len + n + 1)
+            c *= 2;
+        if (c > max + 1)
+            c = max + 1;
+        char *p = realloc(*s, c);
+        if (!p)
+            return -2;
+        *s = p;
+        *cap = c;
+    }
+    memcpy(*s + *len, at, n);
+    *len += n;
+    (*s)[*len] = '\0';
+    return 0;
+}
+
 static int on_url(http_parser *p, const char *at, size_t len)
 {
-    struct http_request *q = &reader(p)->req;
-    if (q->target_len + len > HTTP_URL_MAX)
-        return fail(p, 414);
-    memcpy(q->target + q->target_len, at, len);
-    q->target_len += len;
-    q->target[q->target_len] = '\0';
-    return 0;
+    struct http_reader *r = reader(p);
+    struct http_request *q = &r->req;
+    int ret = append(&q->target, &q->target_len, &r->target_cap, HTTP_URL_MAX, at, len);
+    return ret ? fail(p, ret == -1 ? 414 : 500) : 0;
 }
 
 static int on_header_field(http_parser *p, const char *at, size_t len)
@@ -66,27 +88,25 @@ static int on_header_value(http_parser *p, const char *at, size_t len)
         r->dst = NULL;
         static const char *const names[] = {"range", "if-none-match", "if-modified-since",
                                             "if-range"};
-        char *dsts[] = {q->range, q->if_none_match, q->if_modified_since, q->if_range};
+        char **dsts[] = {&q->range, &q->if_none_match, &q->if_modified_since, &q->if_range};
         if (!strcasecmp(r->field, "host"))
             q->hosts++;
         for (size_t i = 0; i < 4; i++) {
             if (!strcasecmp(r->field, names[i])) {
-                /* A repeated field: the values join as a list, as RFC 9110 5.3 allows. */
                 r->dst = dsts[i];
                 r->dst_len = &r->value_len[i];
-                if (*r->dst_len && *r->dst_len + 1 <= HTTP_VALUE_MAX)
-                    r->dst[(*r->dst_len)++] = ',';
+                r->dst_cap = &r->value_cap[i];
+                /* A repeated field: the values join as a list, as RFC 9110 5.3 allows. */
+                if (*r->dst_len && *r->dst_len + 1 <= HTTP_VALUE_MAX &&
+                    append(r->dst, r->dst_len, r->dst_cap, HTTP_VALUE_MAX, ",", 1))
+                    return fail(p, 500);
             }
         }
     }
     if (!r->dst)
         return 0;
-    if (*r->dst_len + len > HTTP_VALUE_MAX)
-        return fail(p, 431);
-    memcpy(r->dst + *r->dst_len, at, len);
-    *r->dst_len += len;
-    r->dst[*r->dst_len] = '\0';
-    return 0;
+    int ret = append(r->dst, r->dst_len, r->dst_cap, HTTP_VALUE_MAX, at, len);
+    return ret ? fail(p, ret == -1 ? 431 : 500) : 0;
 }
 
 static int on_headers_complete(http_parser *p)
@@ -121,12 +141,51 @@ static const http_parser_settings settings = {
     .on_message_complete = on_message_complete,
 };
 
-void http_reader_start(struct http_reader *r)
+static void reader_init(struct http_reader *r)
 {
     memset(r, 0, sizeof(*r));
     http_parser_init(&r->parser, HTTP_REQUEST);
     r->parser.data = r;
     r->in_value = true; /* so that the first field name starts afresh */
+}
+
+static void release_strings(struct http_request *q)
+{
+    free(q->target);
+    free(q->range);
+    free(q->if_none_match);
+    free(q->if_modified_since);
+    free(q->if_range);
+}
+
+struct http_reader *http_reader_new(void)
+{
+    struct http_reader *r = malloc(sizeof(*r));
+    if (r)
+        reader_init(r);
+    return r;
+}
+
+void http_reader_start(struct http_reader *r)
+{
+    release_strings(&r->req);
+    reader_init(r);
+}
+
+void http_reader_free(struct http_reader *r)
+{
+    if (!r)
+        return;
+    release_strings(&r->req);
+    free(r);
+}
+
+size_t http_inbuf_grow(size_t cap)
+{
+    size_t next = 1;
+    while (next <= cap && next < HTTP_HEAD_MAX)
+        next *= 2;
+    return next > cap ? next : cap;
 }
 
 /* An unknown method that is still a well-formed token is "not implemented", not "bad". */

@@ -26,6 +26,8 @@
 #define HTTP_URL_MAX 8192   /* request target; beyond: 414 */
 #define HTTP_VALUE_MAX 1024 /* each field this server reads (Range, If-*); beyond: 431 */
 
+/* The request strings live on the heap, sized to what arrived (an idle connection holds none):
+ * NUL-terminated, NULL until the head has the field (target: the request line). */
 struct http_request {
     enum http_method method;
     int known_method; /* http_parser recognised the method */
@@ -33,19 +35,19 @@ struct http_request {
     bool keep_alive;
     bool has_body;
     int hosts; /* Host fields seen: HTTP/1.1 needs exactly one */
-    char target[HTTP_URL_MAX + 1];
+    char *target;
     size_t target_len;
-    char range[HTTP_VALUE_MAX + 1];
-    char if_none_match[HTTP_VALUE_MAX + 1];
-    char if_modified_since[HTTP_VALUE_MAX + 1];
-    char if_range[HTTP_VALUE_MAX + 1];
+    char *range;
+    char *if_none_match;
+    char *if_modified_since;
+    char *if_range;
     /* 0: a request to answer; otherwise the error status the head earned (400, 405 is not here:
-     * the method is checked by the caller; 413, 414, 431, 501, 505). */
+     * the method is checked by the caller; 413, 414, 431, 500 when memory ran out, 501, 505). */
     int status;
 };
 
 /* Incremental reader of one request head; fields are copied out, so the caller's buffer may be
- * reused as soon as http_reader_feed returns. */
+ * reused as soon as http_reader_feed returns, and a head may arrive in any number of pieces. */
 struct http_reader {
     http_parser parser;
     struct http_request req;
@@ -55,18 +57,30 @@ struct http_reader {
     bool in_value;
     char field[32];
     size_t field_len;
-    char *dst; /* where the current field's value goes, or NULL: not a field we read */
-    size_t *dst_len;
-    size_t dst_cap;
+    char **dst; /* where the current field's value goes, or NULL: not a field we read */
+    size_t *dst_len, *dst_cap;
+    size_t target_cap;
     size_t value_len[4]; /* of range, if_none_match, if_modified_since, if_range */
+    size_t value_cap[4];
 };
 
+/* A reader ready for the first request; NULL when out of memory. Free with http_reader_free. */
+struct http_reader *http_reader_new(void);
+/* Starts the next request on r, freeing the previous one's strings. */
 void http_reader_start(struct http_reader *r);
+/* Frees r and its strings; NULL is a no-op. */
+void http_reader_free(struct http_reader *r);
 
 /* Feeds len bytes; returns how many were consumed (fewer than len only once the request head is
  * complete: the rest belongs to the next, pipelined request). r->done says whether the request is
  * complete; then r->req.status is 0 or the error to answer with. */
 size_t http_reader_feed(struct http_reader *r, const char *data, size_t len);
+
+/* The next capacity of a connection's receive buffer after a receive filled all cap bytes of it
+ * while a head was still incomplete: the next power of two, at most HTTP_HEAD_MAX (cap itself
+ * once there). Heads are parsed as they arrive, so this only saves receives, never decides a
+ * limit. */
+size_t http_inbuf_grow(size_t cap);
 
 const char *http_reason(int status);
 

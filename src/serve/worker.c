@@ -10,6 +10,14 @@
  * pipelined bytes first; or LINGER: after an error that leaves unread input, keep reading and
  * dropping it for a moment so that closing does not reset the connection before the client has
  * read the answer.
+ *
+ * Memory: an idle keep-alive connection is one small block (struct sconn, with a receive buffer
+ * inside it), since most servers' connections are idle most of the time. The reader and its
+ * strings exist from a request's first byte until its response is out; the response head from
+ * formatting until its send completes; what is needed only while one request is answered
+ * (paths, the Location, the head being formatted) is the worker's scratch. http_reader copies
+ * what it keeps, so the receive buffer never has to hold a whole head: it grows only to take a
+ * long head in fewer receives, and shrinks when the connection goes idle.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -30,26 +38,33 @@ enum { OWN_TICK = 1, OWN_WAKE, OWN_CANCEL };
 
 enum sconn_state { S_READ, S_WRITE, S_LINGER };
 
+/* The receive buffer inside struct sconn: what is left of one 512-byte malloc chunk (504 bytes
+ * and the allocator's 8-byte header) after the fields. Enough for the heads of curl, wget and
+ * load generators; a browser's takes a second receive into a grown buffer. */
+#define IN_SMALL 344
+#define SCONN_BYTES 504
+
 struct sconn {
     struct worker *w;
     struct ktla_conn *kc;
     struct sconn *prev, *next;
+    struct http_reader *rd; /* the request being read or answered; NULL while idle */
+    char *in;               /* in_small, or on the heap while a long head arrives */
+    char *out;              /* the response head while its send is in flight, else NULL */
     enum sconn_state state;
     bool recv_pending, send_pending;
     bool close_after, linger_after, head_only;
-    uint64_t active_ns, req_start_ns, linger_until_ns, dead_ns;
     int file_fd;
-    uint64_t body_off, body_left, body_sent, head_len;
-    size_t inline_body; /* an error's text, sent with the head */
     int status;
-    size_t in_len, in_off, out_len;
-    struct http_reader rd;
-    char path[HTTP_URL_MAX + 16];
-    char etag[64];
-    char location[HTTP_URL_MAX + 2];
-    char out[2048];
-    char in[HTTP_HEAD_MAX];
+    unsigned in_len, in_off, in_cap; /* at most HTTP_HEAD_MAX */
+    unsigned inline_body;            /* an error's text, sent with the head */
+    unsigned out_len;
+    uint64_t active_ns, req_start_ns, linger_until_ns, dead_ns;
+    uint64_t body_off, body_left, body_sent, head_len;
+    char in_small[IN_SMALL];
 };
+
+_Static_assert(sizeof(struct sconn) <= SCONN_BYTES, "an idle connection fits one 512-byte chunk");
 
 static uint64_t now_ns(void)
 {
@@ -118,7 +133,7 @@ static void log_request(struct sconn *c)
 {
     struct worker *w = c->w;
     const struct ktla_conn_info *i = ktla_conn_get_info(c->kc);
-    const struct http_request *q = &c->rd.req;
+    const struct http_request *q = &c->rd->req;
 
     w->served++;
     w->bytes += c->head_len + c->body_sent;
@@ -147,6 +162,46 @@ static void log_request(struct sconn *c)
 
 /* ---- connection lifetime */
 
+/* What may still be in use by an operation in flight goes with the connection itself. */
+static void sconn_free(struct sconn *c)
+{
+    if (c->in != c->in_small)
+        free(c->in);
+    free(c->out);
+    http_reader_free(c->rd);
+    free(c);
+}
+
+/* Back to the buffer inside the connection once what is buffered fits it. Only while no
+ * receive is in flight. */
+static void shrink_in(struct sconn *c)
+{
+    if (c->in == c->in_small || c->in_len > IN_SMALL)
+        return;
+    memcpy(c->in_small, c->in, c->in_len);
+    free(c->in);
+    c->in = c->in_small;
+    c->in_cap = IN_SMALL;
+}
+
+/* After a receive filled the buffer and the head goes on: a bigger one, so that a long head
+ * takes fewer receives. Keeps what is buffered; on failure the buffer stays as it is (which
+ * works, only in more receives). Only while no receive is in flight. */
+static void grow_in(struct sconn *c)
+{
+    size_t cap = http_inbuf_grow(c->in_cap);
+    if (cap == c->in_cap)
+        return;
+    char *in = malloc(cap);
+    if (!in)
+        return;
+    memcpy(in, c->in, c->in_len);
+    if (c->in != c->in_small)
+        free(c->in);
+    c->in = in;
+    c->in_cap = (unsigned)cap;
+}
+
 static void conn_close(struct sconn *c)
 {
     struct worker *w = c->w;
@@ -162,8 +217,10 @@ static void conn_close(struct sconn *c)
     if (c->file_fd >= 0)
         close(c->file_fd);
     c->file_fd = -1;
+    http_reader_free(c->rd);
+    c->rd = NULL;
     if (!c->recv_pending && !c->send_pending) {
-        free(c);
+        sconn_free(c);
         return;
     }
     /* ktla_conn_close promises no more callbacks, but a receive or send it had in flight may
@@ -178,7 +235,7 @@ static void on_recv(struct ktla_conn *kc, ssize_t n, void *arg);
 
 static void post_recv(struct sconn *c)
 {
-    int ret = ktla_conn_recv(c->kc, c->in + c->in_len, sizeof(c->in) - c->in_len, on_recv, c);
+    int ret = ktla_conn_recv(c->kc, c->in + c->in_len, c->in_cap - c->in_len, on_recv, c);
     if (ret < 0)
         return conn_close(c);
     c->recv_pending = true;
@@ -195,6 +252,8 @@ static void start_linger(struct sconn *c)
 static void finish_response(struct sconn *c)
 {
     log_request(c);
+    http_reader_free(c->rd);
+    c->rd = NULL;
     if (c->file_fd >= 0)
         close(c->file_fd);
     c->file_fd = -1;
@@ -239,6 +298,8 @@ static void on_head_sent(struct ktla_conn *kc, ssize_t n, void *arg)
     struct sconn *c = arg;
     (void)kc;
     c->send_pending = false;
+    free(c->out);
+    c->out = NULL;
     if (n < 0)
         return conn_close(c);
     c->active_ns = now_ns();
@@ -255,16 +316,23 @@ static void on_head_sent(struct ktla_conn *kc, ssize_t n, void *arg)
  * an error status. */
 static int serve_file(struct sconn *c, struct http_response *resp)
 {
-    const struct serve_config *cfg = c->w->cfg;
-    const struct http_request *q = &c->rd.req;
+    struct worker *w = c->w;
+    const struct serve_config *cfg = w->cfg;
+    const struct http_request *q = &c->rd->req;
+    char *path = w->path, *etag = w->etag;
+    /* Absent and empty fields mean the same. */
+    const char *range = q->range ? q->range : "";
+    const char *if_range = q->if_range ? q->if_range : "";
+    const char *if_none_match = q->if_none_match ? q->if_none_match : "";
+    const char *if_modified_since = q->if_modified_since ? q->if_modified_since : "";
     bool slash;
     struct stat st;
 
-    int status =
-        files_target_to_path(q->target, q->target_len, c->path, sizeof(c->path) - 16, &slash);
+    int status = files_target_to_path(q->target ? q->target : "", q->target_len, path,
+                                      sizeof(w->path) - 16, &slash);
     if (status)
         return status;
-    int fd = files_open_beneath(cfg->root_fd, c->path);
+    int fd = files_open_beneath(cfg->root_fd, path);
     if (fd < 0)
         return -fd;
     if (fstat(fd, &st) < 0)
@@ -275,16 +343,16 @@ static int serve_file(struct sconn *c, struct http_response *resp)
             /* Relative links in its index.html resolve against the directory only with the
              * slash; the raw target's characters were already checked by http_parser. */
             size_t plen = strcspn(q->target, "?#");
-            memcpy(c->location, q->target, plen);
-            memcpy(c->location + plen, "/", 2);
-            resp->location = c->location;
+            memcpy(w->location, q->target, plen);
+            memcpy(w->location + plen, "/", 2);
+            resp->location = w->location;
             return 301;
         }
-        if (strcmp(c->path, "."))
-            strcat(c->path, "/index.html");
+        if (strcmp(path, "."))
+            strcat(path, "/index.html");
         else
-            strcpy(c->path, "index.html");
-        fd = files_open_beneath(cfg->root_fd, c->path);
+            strcpy(path, "index.html");
+        fd = files_open_beneath(cfg->root_fd, path);
         if (fd < 0)
             return -fd; /* no index.html: no listing either */
         if (fstat(fd, &st) < 0)
@@ -297,20 +365,19 @@ static int serve_file(struct sconn *c, struct http_response *resp)
     /* Blocking reads from now on: sendfile(2) and io_uring reads want a plain file. */
     fcntl(fd, F_SETFL, 0);
 
-    files_etag(&st, c->etag, sizeof(c->etag));
-    resp->etag = c->etag;
+    files_etag(&st, etag, sizeof(w->etag));
+    resp->etag = etag;
     resp->last_modified = st.st_mtim.tv_sec;
-    resp->content_type = mime_lookup(&cfg->mime, c->path);
+    resp->content_type = mime_lookup(&cfg->mime, path);
     resp->accept_ranges = true;
     resp->has_length = true;
     uint64_t size = (uint64_t)st.st_size;
 
     /* RFC 9110 13.2.2: If-None-Match first; If-Modified-Since only without it. */
     time_t ims;
-    if (q->if_none_match[0]
-            ? files_etag_match(q->if_none_match, c->etag)
-            : q->if_modified_since[0] && !http_date_parse(q->if_modified_since, &ims) &&
-                  st.st_mtim.tv_sec <= ims) {
+    if (if_none_match[0] ? files_etag_match(if_none_match, etag)
+                         : if_modified_since[0] && !http_date_parse(if_modified_since, &ims) &&
+                               st.st_mtim.tv_sec <= ims) {
         close(fd);
         resp->content_type = NULL;
         resp->has_length = false;
@@ -318,17 +385,16 @@ static int serve_file(struct sconn *c, struct http_response *resp)
     }
 
     uint64_t first = 0, last = size ? size - 1 : 0;
-    int range = 0;
-    if (q->range[0] && q->method == HTTP_GET) {
+    int satisfiable = 0;
+    if (range[0] && q->method == HTTP_GET) {
         time_t ir;
-        bool if_range_ok =
-            !q->if_range[0] ||
-            (q->if_range[0] == '"' ? !strcmp(q->if_range, c->etag)
-                                   : !http_date_parse(q->if_range, &ir) && ir == st.st_mtim.tv_sec);
+        bool if_range_ok = !if_range[0] || (if_range[0] == '"' ? !strcmp(if_range, etag)
+                                                               : !http_date_parse(if_range, &ir) &&
+                                                                     ir == st.st_mtim.tv_sec);
         if (if_range_ok)
-            range = files_parse_range(q->range, size, &first, &last);
+            satisfiable = files_parse_range(range, size, &first, &last);
     }
-    if (range < 0) {
+    if (satisfiable < 0) {
         close(fd);
         resp->unsatisfied = true;
         resp->total = size;
@@ -338,7 +404,7 @@ static int serve_file(struct sconn *c, struct http_response *resp)
     c->body_off = first;
     c->body_left = size ? last - first + 1 : 0;
     resp->content_length = c->body_left;
-    if (range > 0) {
+    if (satisfiable > 0) {
         resp->has_range = true;
         resp->first = first;
         resp->last = last;
@@ -354,7 +420,7 @@ err_close:
 
 static void respond(struct sconn *c)
 {
-    const struct http_request *q = &c->rd.req;
+    const struct http_request *q = &c->rd->req;
     struct http_response resp = {.now = time(NULL)};
     int status = q->status;
 
@@ -374,7 +440,7 @@ static void respond(struct sconn *c)
 
     /* After a head that could not be read whole, or a body left unread, the next request's
      * start is unknown: answer, then close, reading what is still coming meanwhile. */
-    c->linger_after = (q->status != 0 && !c->rd.complete) || q->has_body;
+    c->linger_after = (q->status != 0 && !c->rd->complete) || q->has_body;
     c->close_after = q->status != 0 || c->linger_after || !q->keep_alive || c->w->draining;
     resp.status = status;
     resp.connection = c->close_after ? -1 : q->minor == 0 ? 1 : 0;
@@ -389,29 +455,43 @@ static void respond(struct sconn *c)
         if (c->head_only)
             body_len = 0;
     }
-    int n = http_format_head(c->out, sizeof(c->out) - sizeof(body), &resp);
+    /* Formatted in scratch, sent from a copy of its own size: the send outlives this call. */
+    char *head = c->w->head;
+    int n = http_format_head(head, sizeof(c->w->head) - sizeof(body), &resp);
     if (n < 0)
         return conn_close(c);
-    memcpy(c->out + n, body, body_len);
-    c->inline_body = body_len;
-    c->out_len = (size_t)n + body_len;
-    int ret = ktla_conn_send(c->kc, c->out, c->out_len, on_head_sent, c);
-    if (ret < 0)
+    memcpy(head + n, body, body_len);
+    c->inline_body = (unsigned)body_len;
+    c->out_len = (unsigned)n + (unsigned)body_len;
+    c->out = malloc(c->out_len);
+    if (!c->out)
         return conn_close(c);
+    memcpy(c->out, head, c->out_len);
+    int ret = ktla_conn_send(c->kc, c->out, c->out_len, on_head_sent, c);
+    if (ret < 0) {
+        free(c->out);
+        c->out = NULL;
+        return conn_close(c);
+    }
     c->send_pending = true;
 }
 
-/* Parses what is buffered; answers a complete request or asks for more. */
-static void process_input(struct sconn *c)
+/* Parses what is buffered; answers a complete request or asks for more. `filled`: the last
+ * receive took all the room there was. */
+static void process_input(struct sconn *c, bool filled)
 {
-    size_t n = http_reader_feed(&c->rd, c->in + c->in_off, c->in_len - c->in_off);
-    c->in_off += n;
+    if (!c->rd && !(c->rd = http_reader_new()))
+        return conn_close(c);
+    size_t n = http_reader_feed(c->rd, c->in + c->in_off, c->in_len - c->in_off);
+    c->in_off += (unsigned)n;
     if (c->in_off == c->in_len)
         c->in_off = c->in_len = 0;
-    if (c->rd.done)
+    if (c->rd->done)
         return respond(c);
-    if (c->w->draining && c->rd.head_bytes == 0)
+    if (c->w->draining && c->rd->head_bytes == 0)
         return conn_close(c);
+    if (filled)
+        grow_in(c);
     post_recv(c);
 }
 
@@ -419,16 +499,16 @@ static void read_next(struct sconn *c)
 {
     c->state = S_READ;
     c->req_start_ns = 0;
-    http_reader_start(&c->rd);
     /* Pipelined requests wait in the buffer: move them to its start. */
     if (c->in_off) {
         memmove(c->in, c->in + c->in_off, c->in_len - c->in_off);
         c->in_len -= c->in_off;
         c->in_off = 0;
     }
+    shrink_in(c);
     if (c->in_len) {
         c->req_start_ns = now_ns();
-        return process_input(c);
+        return process_input(c, false);
     }
     if (c->w->draining)
         return conn_close(c);
@@ -451,8 +531,8 @@ static void on_recv(struct ktla_conn *kc, ssize_t n, void *arg)
     }
     if (!c->req_start_ns)
         c->req_start_ns = c->active_ns;
-    c->in_len += (size_t)n;
-    process_input(c);
+    c->in_len += (unsigned)n;
+    process_input(c, c->in_len == c->in_cap);
 }
 
 static void on_conn(struct ktla_conn *kc, void *arg)
@@ -474,13 +554,18 @@ static void on_conn(struct ktla_conn *kc, void *arg)
     w->nconns++;
     c->recv_pending = c->send_pending = false;
     c->file_fd = -1;
+    c->rd = NULL;
+    c->out = NULL;
+    c->in = c->in_small;
+    c->in_cap = IN_SMALL;
     c->in_len = c->in_off = 0;
     c->active_ns = now_ns();
     if (w->nconns > w->cfg->max_conns) {
         /* Over the limit: a short answer rather than a silent reset. */
-        http_reader_start(&c->rd);
-        c->rd.done = true;
-        c->rd.req.status = 503;
+        if (!(c->rd = http_reader_new()))
+            return conn_close(c);
+        c->rd->done = true;
+        c->rd->req.status = 503;
         c->req_start_ns = c->active_ns;
         return respond(c);
     }
@@ -510,7 +595,8 @@ static void begin_drain(struct worker *w)
     /* Idle keep-alive connections go now; the others once their response is out. */
     for (struct sconn *c = w->conns, *next; c; c = next) {
         next = c->next;
-        if ((c->state == S_READ && c->rd.head_bytes == 0 && c->in_len == 0) || c->state == S_LINGER)
+        if ((c->state == S_READ && (!c->rd || c->rd->head_bytes == 0) && c->in_len == 0) ||
+            c->state == S_LINGER)
             conn_close(c);
         else
             c->close_after = true;
@@ -531,7 +617,7 @@ static void tick(struct worker *w)
     for (struct sconn **p = &w->grave, *c; (c = *p);) {
         if (now - c->dead_ns >= GRAVE_NS) {
             *p = c->next;
-            free(c);
+            sconn_free(c);
         } else {
             p = &c->next;
         }
@@ -614,7 +700,7 @@ static void wind_down(struct worker *w)
     while (w->grave) {
         struct sconn *c = w->grave;
         w->grave = c->next;
-        free(c);
+        sconn_free(c);
     }
 }
 

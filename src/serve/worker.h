@@ -56,6 +56,12 @@ struct worker {
     uint64_t served, bytes;
     char logbuf[64 * 1024];
     size_t loglen;
+    /* Scratch for the one request being answered: used only between a completion and the next
+     * return to the ring, never by an operation in flight, so one set serves every connection. */
+    char path[HTTP_URL_MAX + 16];
+    char location[HTTP_URL_MAX + 2];
+    char etag[64];
+    char head[2048];
 };
 
 /* Makes the ring and the acceptor on w->listen_fd; 0, or a ktla code with the reason printed. */

@@ -11,9 +11,8 @@
 
 static struct http_reader *reader_new(void)
 {
-    struct http_reader *r = malloc(sizeof(*r));
+    struct http_reader *r = http_reader_new();
     cr_assert(r);
-    http_reader_start(r);
     return r;
 }
 
@@ -39,7 +38,7 @@ Test(http, simple_get_is_read_with_its_fields)
     cr_assert_str_eq(r->req.if_modified_since, "Sun, 06 Nov 1994 08:49:37 GMT");
     cr_assert(r->req.keep_alive);
     cr_assert_eq(r->req.minor, 1);
-    free(r);
+    http_reader_free(r);
 }
 
 Test(http, pipelined_requests_stop_at_the_first_end)
@@ -57,7 +56,7 @@ Test(http, pipelined_requests_stop_at_the_first_end)
     cr_assert(r->done);
     cr_assert_eq(r->req.method, HTTP_HEAD);
     cr_assert_str_eq(r->req.target, "/2");
-    free(r);
+    http_reader_free(r);
 }
 
 Test(http, a_head_in_single_bytes_reads_the_same)
@@ -73,7 +72,7 @@ Test(http, a_head_in_single_bytes_reads_the_same)
     cr_assert_str_eq(r->req.target, "/slow");
     cr_assert_str_eq(r->req.range, "bytes=-5");
     cr_assert_str_eq(r->req.if_range, "\"x\"");
-    free(r);
+    http_reader_free(r);
 }
 
 static int status_of(const char *s)
@@ -81,7 +80,7 @@ static int status_of(const char *s)
     struct http_reader *r = reader_new();
     feed(r, s);
     int st = r->done ? r->req.status : -1;
-    free(r);
+    http_reader_free(r);
     return st;
 }
 
@@ -106,7 +105,7 @@ Test(http, delete_is_parsed_for_a_405_by_the_caller)
     cr_assert(r->done);
     cr_assert_eq(r->req.status, 0);
     cr_assert_eq(r->req.method, HTTP_DELETE);
-    free(r);
+    http_reader_free(r);
 }
 
 Test(http, a_request_with_a_body_is_not_complete)
@@ -115,7 +114,7 @@ Test(http, a_request_with_a_body_is_not_complete)
     feed(r, "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nab");
     cr_assert(r->done);
     cr_assert(!r->complete, "its body is still to come: the connection must linger, then close");
-    free(r);
+    http_reader_free(r);
 }
 
 Test(http, long_target_gives_414)
@@ -130,7 +129,7 @@ Test(http, long_target_gives_414)
     cr_assert_eq(r->req.status, 414);
     cr_assert(!r->req.keep_alive);
     free(s);
-    free(r);
+    http_reader_free(r);
 }
 
 Test(http, head_over_the_limit_gives_431_even_in_pieces)
@@ -146,7 +145,7 @@ Test(http, head_over_the_limit_gives_431_even_in_pieces)
         http_reader_feed(r, line, sizeof(line));
     cr_assert(r->done);
     cr_assert_eq(r->req.status, 431);
-    free(r);
+    http_reader_free(r);
 }
 
 Test(http, head_just_under_the_limit_is_fine)
@@ -162,7 +161,7 @@ Test(http, head_just_under_the_limit_is_fine)
     cr_assert(r->done);
     cr_assert_eq(r->req.status, 0);
     free(s);
-    free(r);
+    http_reader_free(r);
 }
 
 Test(http, oversized_range_value_gives_431)
@@ -175,7 +174,57 @@ Test(http, oversized_range_value_gives_431)
     feed(r, s);
     cr_assert(r->done);
     cr_assert_eq(r->req.status, 431);
-    free(r);
+    http_reader_free(r);
+}
+
+Test(http, target_at_the_limit_is_kept_whole)
+{
+    struct http_reader *r = reader_new();
+    char *s = malloc(HTTP_URL_MAX + 64);
+    s[0] = '/';
+    memset(s + 1, 'a', HTTP_URL_MAX - 1);
+    s[HTTP_URL_MAX] = '\0';
+    /* In pieces, so that the string grows several times. */
+    feed(r, "GET ");
+    for (size_t i = 0; i < HTTP_URL_MAX; i += 100)
+        http_reader_feed(r, s + i, HTTP_URL_MAX - i < 100 ? HTTP_URL_MAX - i : 100);
+    feed(r, " HTTP/1.1\r\nHost: h\r\n\r\n");
+    cr_assert(r->done);
+    cr_assert_eq(r->req.status, 0);
+    cr_assert_eq(r->req.target_len, HTTP_URL_MAX);
+    cr_assert_str_eq(r->req.target, s);
+    free(s);
+    http_reader_free(r);
+}
+
+Test(http, absent_fields_are_null_and_repeated_ones_join)
+{
+    struct http_reader *r = reader_new();
+    feed(r, "GET / HTTP/1.1\r\nHost: h\r\nIf-None-Match: \"a\"\r\nIf-None-Match: \"b\"\r\n\r\n");
+    cr_assert(r->done);
+    cr_assert_eq(r->req.status, 0);
+    cr_assert_str_eq(r->req.if_none_match, "\"a\",\"b\"");
+    cr_assert_null(r->req.range);
+    cr_assert_null(r->req.if_modified_since);
+    cr_assert_null(r->req.if_range);
+    http_reader_start(r);
+    cr_assert_null(r->req.target, "the next request starts with nothing of the last");
+    cr_assert_null(r->req.if_none_match);
+    http_reader_free(r);
+}
+
+Test(http, receive_buffer_grows_by_powers_of_two_up_to_the_head_limit)
+{
+    cr_assert_eq(http_inbuf_grow(300), 512);
+    cr_assert_eq(http_inbuf_grow(512), 1024);
+    cr_assert_eq(http_inbuf_grow(8192), 16384);
+    cr_assert_eq(http_inbuf_grow(10000), HTTP_HEAD_MAX);
+    cr_assert_eq(http_inbuf_grow(HTTP_HEAD_MAX), HTTP_HEAD_MAX, "never past the head limit");
+    size_t cap = 304, steps = 0;
+    while (cap < HTTP_HEAD_MAX && steps++ < 20)
+        cap = http_inbuf_grow(cap);
+    cr_assert_eq(cap, HTTP_HEAD_MAX);
+    cr_assert_leq(steps, 6);
 }
 
 Test(http, connection_close_and_http10_end_keep_alive)
@@ -189,7 +238,7 @@ Test(http, connection_close_and_http10_end_keep_alive)
     http_reader_start(r);
     feed(r, "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
     cr_assert(r->req.keep_alive);
-    free(r);
+    http_reader_free(r);
 }
 
 Test(http, response_head_has_what_was_asked)
