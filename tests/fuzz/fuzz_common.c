@@ -4,11 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/evp.h>
-#include <openssl/pem.h>
-#include <openssl/x509.h>
-
 #include "context.h"
+#include "serve.h"
 
 void fuzz_fail(const char *what)
 {
@@ -16,61 +13,25 @@ void fuzz_fail(const char *what)
     abort();
 }
 
-static char *pem_of(int (*write)(BIO *, void *), void *obj)
-{
-    BIO *b = BIO_new(BIO_s_mem());
-    char *data, *out;
-    if (!b || !write(b, obj))
-        fuzz_fail("PEM encoding");
-    long n = BIO_get_mem_data(b, &data);
-    out = malloc((size_t)n + 1);
-    memcpy(out, data, (size_t)n);
-    out[n] = 0;
-    BIO_free(b);
-    return out;
-}
-
-static int write_cert(BIO *b, void *x)
-{
-    return PEM_write_bio_X509(b, x);
-}
-
-static int write_key(BIO *b, void *k)
-{
-    return PEM_write_bio_PrivateKey(b, k, NULL, NULL, 0, NULL, NULL);
-}
-
 SSL_CTX *fuzz_server_ssl_ctx(void)
 {
     static SSL_CTX *sctx;
+    struct cert_pem pem;
+    char err[256];
+
     if (sctx)
         return sctx;
-    EVP_PKEY *key = EVP_EC_gen("P-256");
-    X509 *x = X509_new();
-    if (!key || !x)
-        fuzz_fail("key generation");
-    X509_set_version(x, 2);
-    ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
-    X509_gmtime_adj(X509_getm_notBefore(x), -3600);
-    X509_gmtime_adj(X509_getm_notAfter(x), 86400);
-    X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
-                               (const unsigned char *)"localhost", -1, -1, 0);
-    X509_set_issuer_name(x, X509_get_subject_name(x));
-    X509_set_pubkey(x, key);
-    if (!X509_sign(x, key, EVP_sha256()))
-        fuzz_fail("self-signing");
-    char *cert_pem = pem_of(write_cert, x), *key_pem = pem_of(write_key, key);
-    struct ktla_cert_config cc = {.cert_pem = cert_pem, .key_pem = key_pem};
+    /* ktla-serve's own self-signed certificate: the same one a newcomer's server presents. */
+    if (cert_self_signed(&pem, err, sizeof(err)) != 0)
+        fuzz_fail(err);
+    struct ktla_cert_config cc = {.cert_pem = pem.cert, .key_pem = pem.key};
     struct ktla_ctx_config cfg = {.certs = &cc, .ncerts = 1};
     struct ktla_ctx *ctx;
     if (ktla_ctx_new(&cfg, &ctx) != 0)
         fuzz_fail("ktla_ctx_new");
     sctx = ktla_ctx_ssl_ctx(ctx); /* kept for the life of the process */
     ktla_ctx_free(ctx);
-    free(cert_pem);
-    free(key_pem);
-    X509_free(x);
-    EVP_PKEY_free(key);
+    cert_pem_free(&pem);
     return sctx;
 }
 
