@@ -13,6 +13,8 @@ packages=(
     clang libclang-rt-14-dev
     # tests
     libcriterion-dev openssl gnutls-bin curl
+    # the interop suite's Go client (tests/interop/goclient.go: standard library only)
+    golang-go
     # the guest kernel for the kernel suite: qemu with Debian's generic kernel (it has 9p, which
     # mounts the host's file system as the guest's root), and busybox for the initramfs
     qemu-system-x86 linux-image-amd64 busybox-static cpio kmod iproute2
