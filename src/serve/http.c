@@ -83,6 +83,10 @@ static int on_header_value(http_parser *p, const char *at, size_t len)
     struct http_reader *r = reader(p);
     struct http_request *q = &r->req;
 
+    /* http_parser lets a NUL through as a value's first byte, and the strings kept here would
+     * end at it: a different field from the one sent. RFC 9110 5.5 allows refusing it. */
+    if (memchr(at, '\0', len))
+        return fail(p, 400);
     if (!r->in_value) {
         r->in_value = true;
         r->dst = NULL;
@@ -147,6 +151,7 @@ static void reader_init(struct http_reader *r)
     http_parser_init(&r->parser, HTTP_REQUEST);
     r->parser.data = r;
     r->in_value = true; /* so that the first field name starts afresh */
+    r->method_end = -1;
 }
 
 static void release_strings(struct http_request *q)
@@ -188,13 +193,21 @@ size_t http_inbuf_grow(size_t cap)
     return next > cap ? next : cap;
 }
 
-/* An unknown method that is still a well-formed token is "not implemented", not "bad". */
-static bool looks_like_method(const char *data, size_t len)
+/* Follows the request's leading capital letters across pieces, up to the byte after them. */
+static void scan_method(struct http_reader *r, const char *data, size_t len)
 {
-    size_t i = 0;
-    while (i < len && i < 32 && isupper((unsigned char)data[i]))
-        i++;
-    return i > 0 && i < len && data[i] == ' ';
+    for (size_t i = 0; i < len && r->method_end < 0; i++) {
+        if (r->method_len < 32 && isupper((unsigned char)data[i]))
+            r->method_len++;
+        else
+            r->method_end = (unsigned char)data[i];
+    }
+}
+
+/* An unknown method that is still a well-formed token is "not implemented", not "bad". */
+static int unknown_method_status(const struct http_reader *r)
+{
+    return r->method_len > 0 && r->method_end == ' ' ? 501 : 400;
 }
 
 size_t http_reader_feed(struct http_reader *r, const char *data, size_t len)
@@ -202,7 +215,15 @@ size_t http_reader_feed(struct http_reader *r, const char *data, size_t len)
     struct http_request *q = &r->req;
     if (r->done)
         return 0;
-    bool at_start = r->head_bytes == 0;
+    scan_method(r, data, len);
+    if (r->method_pending) {
+        r->head_bytes += len;
+        if (r->method_end < 0)
+            return len;
+        q->status = unknown_method_status(r);
+        r->done = true;
+        return len;
+    }
     size_t n = http_parser_execute(&r->parser, &settings, data, len);
     enum http_errno err = HTTP_PARSER_ERRNO(&r->parser);
     r->head_bytes += n;
@@ -233,7 +254,13 @@ size_t http_reader_feed(struct http_reader *r, const char *data, size_t len)
         q->status = 431;
         break;
     case HPE_INVALID_METHOD:
-        q->status = at_start && looks_like_method(data, len) ? 501 : 400;
+        if (r->method_end < 0) {
+            /* Capitals up to the end of what arrived: the next pieces decide. */
+            r->method_pending = true;
+            r->head_bytes += len - n;
+            return len;
+        }
+        q->status = unknown_method_status(r);
         break;
     default:
         q->status = 400;

@@ -62,6 +62,10 @@ struct http_reader {
     size_t target_cap;
     size_t value_len[4]; /* of range, if_none_match, if_modified_since, if_range */
     size_t value_cap[4];
+    /* The request's leading capital letters (at most 32) and the byte after them, -1 until it
+     * arrives: 501 or 400 for a method http_parser does not know, in whatever pieces it came. */
+    int method_len, method_end;
+    bool method_pending; /* http_parser refused the method before that byte arrived */
 };
 
 /* A reader ready for the first request; NULL when out of memory. Free with http_reader_free. */
