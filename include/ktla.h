@@ -71,7 +71,9 @@ extern "C" {
       "(rekeying needs Linux 6.14); the connection cannot continue")                              \
     X(KTLA_EUNEXPECTED, -4026,                                                                     \
       "the peer sent a handshake message or ChangeCipherSpec after the handshake; answered with "  \
-      "an unexpected_message alert")
+      "an unexpected_message alert")                                                               \
+    X(KTLA_EREKEY_LIMIT, -4027,                                                                    \
+      "the peer sent more TLS 1.3 KeyUpdates than allowed (more than 8 in 10 seconds)")
 
 enum ktla_error {
 #define KTLA_ERROR_ENUM(name, value, msg) name = (value),
@@ -119,6 +121,8 @@ struct ktla_kernel_support {
     int ulp;
     int tls13;
     int cipher[KTLA_CIPHER_COUNT];
+    int rekey; /* 0 when the kernel takes a second TLS 1.3 transmit key on a socket (Linux 6.14+:
+                  TLS 1.3 KeyUpdate can be followed in kernel mode), else KTLA_ENOREKEY */
 };
 
 /*
@@ -217,6 +221,16 @@ enum ktla_ktls_policy {
     KTLA_KTLS_OFF,      /* never use kernel TLS */
 };
 
+/* How ktla_conn_sendfile moves a file into a kernel-TLS socket (userspace mode always reads and
+ * encrypts). Both are zero-copy in userspace: the kernel encrypts from the page cache. */
+enum ktla_file_path {
+    KTLA_FILE_DEFAULT = 0,  /* the one measured faster (bench/README.md): sendfile */
+    KTLA_FILE_SENDFILE,     /* sendfile(2) on the ring's thread, non-blocking, POLLOUT to wait */
+    KTLA_FILE_SPLICE,       /* io_uring splice file -> pipe -> socket: the ring's thread only
+                               submits; the kernel's io-wq threads read and encrypt. Costs a pipe
+                               (two descriptors) per connection that ever sent a file. */
+};
+
 /* Who carries one direction of an established connection's record layer. */
 enum ktla_mode { KTLA_MODE_KERNEL = 0, KTLA_MODE_USERSPACE = 1 };
 
@@ -236,6 +250,8 @@ struct ktla_conn_info {
     size_t early_plaintext;   /* bytes of application data that arrived with the handshake; the
                                  first ktla_conn_recv calls return them before anything else */
     uint64_t handshake_ns;    /* accept to hand-over */
+    uint32_t key_updates_rx;  /* TLS 1.3 KeyUpdates followed in kernel mode: the peer's, */
+    uint32_t key_updates_tx;  /* and ours (sent because the peer asked) */
     char peer[64];            /* "ADDR:PORT" of the client */
 };
 
@@ -258,6 +274,7 @@ struct ktla_acceptor_config {
     unsigned max_handshakes;   /* handshakes in flight; 0: 1024. Beyond it, new connections wait
                                   in the listen backlog. */
     unsigned handshake_timeout_ms; /* 0: 10000 */
+    enum ktla_file_path file_path; /* for the connections this acceptor hands over */
     ktla_conn_cb on_conn;      /* required */
     ktla_fail_cb on_fail;
     ktla_log_cb log;
@@ -332,12 +349,19 @@ KTLA_API const struct ktla_conn_info *ktla_conn_get_info(const struct ktla_conn 
  * Plaintext that arrived with the handshake comes first. 0 or KTLA_EBUSY, KTLA_ECLOSED. */
 KTLA_API int ktla_conn_recv(struct ktla_conn *conn, void *buf, size_t len, ktla_io_cb cb, void *arg);
 
+/* Waits until a ktla_conn_recv would not wait (plaintext, end of stream or an error is there),
+ * without holding a buffer: the callback gets 1, or a negative code. An idle connection then costs
+ * no receive buffer, which with thousands of them is most of their memory. Takes the receive's
+ * place: 0 or KTLA_EBUSY, KTLA_ECLOSED, -EBUSY. */
+KTLA_API int ktla_conn_recv_ready(struct ktla_conn *conn, ktla_io_cb cb, void *arg);
+
 /* Sends all of buf (valid until the callback); the callback gets len or an error. */
 KTLA_API int ktla_conn_send(struct ktla_conn *conn, const void *buf, size_t len, ktla_io_cb cb,
                             void *arg);
 
-/* Sends count bytes of file_fd from offset: sendfile(2) through kernel TLS in kernel mode (no
- * copy in userspace), read + encrypt in userspace mode. The callback gets count or an error.
+/* Sends count bytes of file_fd from offset: in kernel mode through kernel TLS with no copy in
+ * userspace (sendfile(2) or io_uring splice, as the acceptor's file_path says), read + encrypt in
+ * userspace mode. The callback gets count or an error.
  * sendfile(2) cannot be told MSG_NOSIGNAL: a process using this ignores SIGPIPE (as servers do),
  * and then sees -EPIPE in the callback instead. */
 KTLA_API int ktla_conn_sendfile(struct ktla_conn *conn, int file_fd, uint64_t offset, size_t count,

@@ -6,10 +6,13 @@
 # freshly started server. The figure that counts is the server's CPU time per operation (on two
 # cores the client shares the machine, so requests/s would measure the client as much).
 #
-# usage: scripts/bench-compare.sh [--quick] [--guest] [--runs N] [--build DIR] [--out DIR]
+# usage: scripts/bench-compare.sh [--quick] [--guest] [--bodies] [--runs N] [--build DIR] [--out DIR]
 #   --quick      shorter runs and fewer of them (under 3 minutes on the host)
 #   --guest      the same comparison inside the guest kernel (scripts/vm.sh), where both servers
 #                can use kernel TLS; there the ratio counts, not the absolute figures
+#   --bodies     instead of nginx, compare ktla-serve's two body paths with each other:
+#                --file-io sendfile (A) against --file-io splice (B), on the 64 KiB GET and the
+#                download workloads (meaningful with --guest, where bodies go through kernel TLS)
 #   --runs N     runs per server and workload (default 5; --quick 3)
 #   --build DIR  where ktla-serve and ktla-bench are (default: build)
 #   --out DIR    results: results.md (the table), chart.png, runs/*.json (default: build/bench,
@@ -18,11 +21,12 @@
 set -uo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
-quick=0 guest=0 in_guest=0 runs= build="$here/build" out=
+quick=0 guest=0 in_guest=0 bodies=0 runs= build="$here/build" out=
 while [ $# -gt 0 ]; do
     case "$1" in
     --quick) quick=1 ;;
     --guest) guest=1 ;;
+    --bodies) bodies=1 ;;
     --in-guest) in_guest=1 ;; # internal: the half that runs inside the guest
     --runs) runs=$2; shift ;;
     --build) build=$2; shift ;;
@@ -33,13 +37,14 @@ while [ $# -gt 0 ]; do
     shift
 done
 build=$(cd "$build" 2>/dev/null && pwd) || { echo "bench-compare.sh: no build directory" >&2; exit 2; }
-[ -n "$out" ] || out="$here/build/bench$([ $guest = 1 ] && echo -guest)"
+[ -n "$out" ] || out="$here/build/bench$([ $bodies = 1 ] && echo -bodies)$([ $guest = 1 ] && echo -guest)"
 mkdir -p "$out" && out=$(cd "$out" && pwd)
 
 if [ $guest = 1 ]; then
     # The guest writes only into its --out directory; the table comes back through it.
     args=(--in-guest --build "$build" --out "$out")
     [ $quick = 1 ] && args+=(--quick)
+    [ $bodies = 1 ] && args+=(--bodies)
     [ -n "$runs" ] && args+=(--runs "$runs")
     rm -f "$out/results.md"
     echo "== bench-compare inside the guest kernel (scripts/vm.sh); console log: $out/console.log"
@@ -152,9 +157,11 @@ EOF
 server_pid=
 start_server() {
     local side=$1 log="$work/$1.log"
-    if [ "$side" = ktla ]; then
+    if [ "$side" = ktla ] || [ "$side" = splice ]; then
         [ -x "$serve" ] || { echo "$serve is not built" >"$log"; return 1; }
-        taskset -c 0 "$serve" --listen "127.0.0.1:$port" --cert "$work/cert.pem" \
+        local fio=sendfile
+        [ "$side" = splice ] && fio=splice
+        taskset -c 0 "$serve" --file-io $fio --listen "127.0.0.1:$port" --cert "$work/cert.pem" \
             --key "$work/key.pem" --workers 1 --ktls auto --max-connections $((idle_conns + 1000)) \
             --idle-timeout 600 "$work/www" >"$log" 2>&1 &
     else
@@ -204,8 +211,18 @@ workloads=(
     "$idle_conns idle connections|-m idle -c $idle_conns --max-connecting 1000 /1k.bin|server_rss_bytes_per_conn|server RSS bytes per connection||idle: memory"
 )
 
+# The two sides: A is always ktla-serve; B is nginx, or ktla-serve with the other body path.
+sides=(ktla nginx)
+label_a=ktla-serve label_b=nginx short_a=ktla short_b=nginx
+if [ $bodies = 1 ]; then
+    sides=(ktla splice)
+    label_a="ktla-serve --file-io sendfile" label_b="ktla-serve --file-io splice"
+    short_a=sendfile short_b=splice
+    workloads=("${workloads[2]}" "${workloads[3]}")
+    workloads[1]=${workloads[1]//|$download_target|/||}
+fi
 declare -A ktls_tx ktls_rx
-ktls_tx[ktla]=0 ktls_tx[nginx]=0 ktls_rx[ktla]=0 ktls_rx[nginx]=0
+for side in "${sides[@]}"; do ktls_tx[$side]=0 ktls_rx[$side]=0; done
 status=0
 started=$(date +%s)
 echo "== bench-compare ($where, $runs runs each, ${duration}s measured + ${warmup}s warm-up; port $port)"
@@ -217,7 +234,7 @@ for w in "${!workloads[@]}"; do
     time_args=(-d "$duration" -w "$warmup")
     [[ " ${wargs[*]} " == *" idle "* ]] && time_args=(-d 1 --max-time 300)
     for r in $(seq "$runs"); do
-        for side in ktla nginx; do
+        for side in "${sides[@]}"; do
             tag="w$w-$side-$r"
             json="$out/runs/$tag.json"
             if ! start_server $side; then
@@ -286,17 +303,21 @@ table="$out/results.md"
 chart_dat="$out/chart.dat"
 : >"$chart_dat"
 {
-    echo "### ktla-serve vs nginx $(nginx -v 2>&1 | sed 's|.*nginx/||'), $where kernel $(uname -r)"
+    if [ $bodies = 1 ]; then
+        echo "### $label_a vs $label_b, $where kernel $(uname -r)"
+    else
+        echo "### ktla-serve vs nginx $(nginx -v 2>&1 | sed 's|.*nginx/||'), $where kernel $(uname -r)"
+    fi
     echo
     echo "$(date -u '+%Y-%m-%d %H:%M UTC'), commit $commit, $runs runs each (medians)," \
         "${duration} s measured after ${warmup} s warm-up$([ $quick = 1 ] && echo ', --quick')"
     echo
-    echo "| workload | figure | ktla-serve | nginx | ktla/nginx | target | ops/s ktla · nginx | ok runs · errors ktla · nginx |"
+    echo "| workload | figure | $label_a | $label_b | $short_a/$short_b | target | ops/s $short_a · $short_b | ok runs · errors $short_a · $short_b |"
     echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"
     for w in "${!workloads[@]}"; do
         IFS='|' read -r name wargs metric what target short <<<"${workloads[$w]}"
         IFS='|' read -r ka kok kerr kthr <<<"$(summary "$w" ktla "$metric")"
-        IFS='|' read -r na nok nerr nthr <<<"$(summary "$w" nginx "$metric")"
+        IFS='|' read -r na nok nerr nthr <<<"$(summary "$w" "${sides[1]}" "$metric")"
         ratio=
         [ -n "$ka" ] && [ -n "$na" ] && ratio=$(awk -v a="$ka" -v b="$na" 'BEGIN { if (b > 0) printf "%.2f", a / b }')
         unit="ops/s"
@@ -308,7 +329,7 @@ chart_dat="$out/chart.dat"
     done
     echo
     if [ $in_guest = 1 ]; then
-        for side in ktla nginx; do
+        for side in "${sides[@]}"; do
             echo "- $side: kernel TLS contexts opened during its runs (/proc/net/tls_stat):" \
                 "TX ${ktls_tx[$side]}, RX ${ktls_rx[$side]}$([ "${ktls_tx[$side]}" = 0 ] && echo ' — it did NOT use kernel TLS')"
         done
@@ -324,17 +345,17 @@ if command -v gnuplot >/dev/null; then
 set terminal pngcairo size 960,540 font "sans,10"
 set output "$out/chart.png"
 set datafile missing "NaN"
-set title "ktla-serve / nginx, server CPU or memory per operation (lower is better)\n$where, $(date -u +%Y-%m-%d), commit $commit, medians of $runs runs"
+set title "$short_a / $short_b, server CPU or memory per operation (lower is better)\n$where, $(date -u +%Y-%m-%d), commit $commit, medians of $runs runs"
 set style fill solid 0.7 border -1
 set boxwidth 0.6
 set yrange [0:*]
 set offsets 0, 0, graph 0.1, 0
-set ylabel "ktla-serve / nginx"
+set ylabel "$short_a / $short_b"
 set xtics nomirror
 set grid ytics
 set key top left
 set arrow from graph 0, first 1 to graph 1, first 1 nohead dashtype 2 linecolor rgb "#555555"
-plot "$chart_dat" using 0:2:xticlabels(1) with boxes linecolor rgb "#3870b0" title "ktla-serve / nginx", \
+plot "$chart_dat" using 0:2:xticlabels(1) with boxes linecolor rgb "#3870b0" title "$short_a / $short_b", \
      "" using 0:2:(sprintf("%.2f", \$2)) with labels offset 0,0.8 notitle, \
      "" using 0:3 with points pointtype 7 pointsize 1.5 linecolor rgb "#c03030" title "target"
 EOF

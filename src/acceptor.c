@@ -175,6 +175,15 @@ static void hs_handover(struct ktla_conn *c)
             c->info.rx_mode = KTLA_MODE_KERNEL;
         else
             c->info.rx_reason = ret;
+        /* Where the kernel can rekey, a KeyUpdate needs the secrets after the SSL is gone; else
+         * they are not kept a moment longer than the keys. */
+        if (ret == 0 && c->info.version == KTLA_TLS1_3 && ktla_ktls_can_rekey()) {
+            c->rk = calloc(1, sizeof(*c->rk));
+            if (c->rk && ktla_keys_export(ssl, &c->rk->sec) < 0) {
+                OPENSSL_clear_free(c->rk, sizeof(*c->rk));
+                c->rk = NULL;
+            }
+        }
     } else {
         c->info.tx_reason = c->info.rx_reason = reason;
     }
@@ -319,6 +328,7 @@ static void hs_start(struct ktla_acceptor *acc, int fd)
     c->ring = acc->ring;
     c->fd = c->info.fd = fd;
     c->file_fd = -1;
+    c->use_splice = acc->cfg.file_path == KTLA_FILE_SPLICE;
     c->rop.conn = c->wop.conn = c;
     c->state = KTLA_CONN_HANDSHAKE;
     c->start_ns = ktla_now_ns();

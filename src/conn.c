@@ -5,6 +5,7 @@
  * ciphertext still moves through io_uring.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,9 @@
 #define TLS_CHUNK 16384                 /* one full record of plaintext */
 #define RAW_CAP (KTLA_RECORD_MAX)       /* userspace receive buffer: one whole record */
 #define SENDFILE_SLICE (1u << 20)       /* bytes sent before yielding to other connections */
+#define SPLICE_PIPE (256u << 10)        /* splice path: pipe size asked for, bytes per step */
+#define REKEY_WINDOW_NS (10ull * 1000000000ull) /* KeyUpdates from a peer: at most */
+#define REKEY_MAX_PER_WINDOW 8                   /* this many in this long */
 
 static const uint8_t close_notify[2] = {1, 0};
 
@@ -49,6 +53,13 @@ void ktla_conn_destroy(struct ktla_conn *c)
     free(c->sni);
     if (c->chunk)
         OPENSSL_clear_free(c->chunk, TLS_CHUNK);
+    if (c->sp) {
+        close(c->sp->r);
+        close(c->sp->w);
+        free(c->sp);
+    }
+    if (c->rk)
+        OPENSSL_clear_free(c->rk, sizeof(*c->rk));
     free(c);
 }
 
@@ -151,6 +162,45 @@ static void on_raw_recv(struct ktla_conn *c, int res)
     us_recv_step(c);
 }
 
+static void rekey_tx(struct ktla_conn *c);
+
+/*
+ * A TLS 1.3 KeyUpdate from the peer in kernel mode (RFC 8446 §4.6.3). Kernels from 6.14 stop
+ * decrypting after it until they get the next receive key; older ones cannot take one, and the
+ * connection cannot go on. The update is invisible to the application: its receive continues.
+ */
+static void kernel_key_update(struct ktla_conn *c, const uint8_t *msg, ssize_t n)
+{
+    struct ktla_rekey *rk = c->rk;
+    struct ktla_key k;
+    int ret;
+
+    if (!rk)
+        return recv_done(c, KTLA_ENOREKEY);
+    /* A legitimate peer updates after hundreds of gigabytes; a storm only costs us CPU. */
+    uint64_t now = ktla_now_ns();
+    if (now - rk->window_start_ns > REKEY_WINDOW_NS) {
+        rk->window_start_ns = now;
+        rk->window_count = 0;
+    }
+    if (++rk->window_count > REKEY_MAX_PER_WINDOW)
+        return recv_done(c, KTLA_EREKEY_LIMIT);
+    ret = ktla_secrets_update(&rk->sec, KTLA_DIR_RX, &k);
+    if (ret == 0)
+        ret = ktla_ktls_install(c->fd, KTLA_DIR_RX, &k);
+    ktla_key_wipe(&k);
+    if (ret < 0)
+        return recv_done(c, ret == KTLA_EALREADY ? KTLA_ENOREKEY : ret);
+    c->info.key_updates_rx++;
+    if (msg[4] == 1) { /* update_requested: ours goes out before anything else we send */
+        rk->tx_due = true;
+        rekey_tx(c);
+    }
+    (void)n;
+    if (recv_submit_socket(c, c->rbuf, c->rlen) < 0)
+        recv_done(c, -EBUSY);
+}
+
 /* Kernel mode: the next record is not data. Read it with its type and act on it. */
 static void kernel_control_record(struct ktla_conn *c)
 {
@@ -172,10 +222,10 @@ static void kernel_control_record(struct ktla_conn *c)
         }
         return recv_done(c, KTLA_EALERT);
     }
-    if (type == KTLA_RT_HANDSHAKE && n >= 1 && buf[0] == 24 /* key_update */ &&
-        c->info.version == KTLA_TLS1_3)
-        /* The kernel has already stopped: the records after this one use a key it lacks. */
-        return recv_done(c, KTLA_ENOREKEY);
+    /* A KeyUpdate changes keys, so it must end its record (RFC 8446 §5.1): exactly one, whole. */
+    if (type == KTLA_RT_HANDSHAKE && n == 5 && buf[0] == 24 /* key_update */ && buf[1] == 0 &&
+        buf[2] == 0 && buf[3] == 1 && buf[4] <= 1 && c->info.version == KTLA_TLS1_3)
+        return kernel_key_update(c, buf, n);
     /* A client sends nothing else after a TLS 1.3 handshake (RFC 8446 §4.6), and renegotiation
      * is off for TLS 1.2: anything else is answered as the RFC says, then the connection ends. */
     static const uint8_t unexpected_message[2] = {2, 10};
@@ -217,6 +267,35 @@ static void on_recv(struct ktla_conn *c, int res)
     recv_done(c, ktla_ktls_error(-res, KTLA_OP_IO));
 }
 
+int ktla_conn_recv_ready(struct ktla_conn *c, ktla_io_cb cb, void *arg)
+{
+    if (!c || !cb)
+        return KTLA_EINVAL;
+    if (c->state != KTLA_CONN_ESTABLISHED)
+        return KTLA_ECLOSED;
+    if (c->rbusy)
+        return KTLA_EBUSY;
+    struct io_uring_sqe *sqe = ktla_ring_sqe(c->ring);
+    if (!sqe)
+        return -EBUSY;
+    /* Ready now: plaintext from the handshake, end of stream, or ciphertext already read from
+     * the socket, in OpenSSL or still in its memory BIO (a poll on the socket would wait for
+     * bytes that are already here). */
+    if ((c->early && c->early_off < c->early_len) || c->peer_closed ||
+        (c->info.rx_mode == KTLA_MODE_USERSPACE && c->ssl &&
+         (SSL_has_pending(c->ssl) || BIO_ctrl_pending(SSL_get_rbio(c->ssl)) > 0)))
+        io_uring_prep_nop(sqe);
+    else
+        io_uring_prep_poll_add(sqe, c->fd, POLLIN);
+    submit(c, sqe, &c->rop, KTLA_OP_RECV_READY);
+    c->rbuf = NULL;
+    c->rlen = 0;
+    c->rcb = cb;
+    c->rarg = arg;
+    c->rbusy = true;
+    return 0;
+}
+
 int ktla_conn_recv(struct ktla_conn *c, void *buf, size_t len, ktla_io_cb cb, void *arg)
 {
     if (!c || !buf || !len || !cb)
@@ -247,6 +326,16 @@ static void send_done(struct ktla_conn *c, ssize_t result)
     ktla_io_cb cb = c->scb;
     c->sbusy = false;
     c->file_fd = -1;
+    if (result < 0 && c->sp && c->sp->fill) {
+        /* Bytes of a failed file are still in the pipe: the next file must not follow them. */
+        close(c->sp->r);
+        close(c->sp->w);
+        free(c->sp);
+        c->sp = NULL;
+    }
+    /* A KeyUpdate the peer asked for while this send was going out: now, before any other. */
+    if (c->rk && c->rk->tx_due)
+        rekey_tx(c);
     if (c->state == KTLA_CONN_ESTABLISHED)
         cb(c, result, c->sarg);
 }
@@ -301,6 +390,171 @@ static void kernel_sendfile_step(struct ktla_conn *c)
         return send_done(c, ktla_ktls_error(errno, KTLA_OP_IO));
     }
     send_done(c, (ssize_t)c->slen);
+}
+
+/*
+ * Kernel mode, splice path: each step moves up to a pipe's worth, file -> pipe -> socket, as two
+ * linked io_uring splices, so the ring's thread only submits and the kernel's io-wq threads read
+ * the file and encrypt. The step ends when both have completed (in either order); a short read
+ * breaks the link and cancels the second, and what it left in the pipe goes out in the next step.
+ */
+static struct ktla_splice *splice_pipe(struct ktla_conn *c)
+{
+    if (c->sp)
+        return c->sp;
+    struct ktla_splice *sp = calloc(1, sizeof(*sp));
+    int p[2];
+    if (!sp)
+        return NULL;
+    /* Non-blocking: a splice that would wait on the pipe fails instead of holding a worker. */
+    if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0) {
+        free(sp);
+        return NULL;
+    }
+    /* A bigger pipe means fewer steps; the system's limit (fs.pipe-max-size) may refuse it. */
+    int cap = fcntl(p[1], F_SETPIPE_SZ, SPLICE_PIPE);
+    if (cap < 0)
+        cap = fcntl(p[1], F_GETPIPE_SZ);
+    sp->r = p[0];
+    sp->w = p[1];
+    sp->cap = cap > 0 ? (size_t)cap : 65536;
+    sp->in_op.conn = c;
+    c->sp = sp;
+    return sp;
+}
+
+static void splice_step(struct ktla_conn *c)
+{
+    struct ktla_splice *sp = c->sp;
+    size_t left = c->slen - c->sdone;
+
+    if (!left)
+        return send_done(c, (ssize_t)c->slen);
+    /* Both splices in one submission: flushed apart, the link would not hold. */
+    if (io_uring_sq_space_left(c->ring) < 2 && io_uring_submit(c->ring) < 0)
+        return send_done(c, -EBUSY);
+    struct io_uring_sqe *in = NULL, *out;
+    size_t n = sp->fill;
+    if (!n) {
+        n = left < sp->cap ? left : sp->cap;
+        in = io_uring_get_sqe(c->ring);
+        io_uring_prep_splice(in, c->file_fd, (int64_t)(c->file_off + c->sdone), sp->w, -1,
+                             (unsigned)n, 0);
+        in->flags |= IOSQE_IO_LINK;
+        submit(c, in, &sp->in_op, KTLA_OP_SPLICE_IN);
+    }
+    out = io_uring_get_sqe(c->ring);
+    if (!out) { /* cannot happen after the check above; end the send once the read is back */
+        if (!in)
+            return send_done(c, -EBUSY);
+        in->flags &= (uint8_t)~IOSQE_IO_LINK;
+        sp->pending = 1;
+        sp->out_res = -EBUSY;
+        return;
+    }
+    /* MORE while the file goes on: the kernel then fills whole records across steps. */
+    io_uring_prep_splice(out, sp->r, -1, c->fd, -1, (unsigned)n, n < left ? SPLICE_F_MORE : 0);
+    submit(c, out, &c->wop, KTLA_OP_SPLICE_OUT);
+    sp->pending = in ? 2 : 1;
+    sp->in_res = 0;
+    sp->out_res = 0;
+}
+
+static void on_splice(struct ktla_conn *c, enum ktla_op_kind kind, int res)
+{
+    struct ktla_splice *sp = c->sp;
+
+    if (kind == KTLA_OP_SPLICE_IN)
+        sp->in_res = res;
+    else
+        sp->out_res = res;
+    if (--sp->pending)
+        return;
+    if (sp->in_res > 0)
+        sp->fill += (size_t)sp->in_res;
+    if (sp->in_res < 0)
+        return send_done(c, sp->in_res);
+    if (sp->out_res > 0) {
+        sp->fill -= (size_t)sp->out_res;
+        c->sdone += (size_t)sp->out_res;
+    } else if (sp->out_res == -EAGAIN) {
+        /* The socket is full: wait for room, then the pipe's bytes go out first. */
+        if (!submit_pollout(c))
+            send_done(c, -EBUSY);
+        return;
+    } else if (sp->out_res == -EBUSY) {
+        return send_done(c, -EBUSY);
+    } else if (sp->out_res == -ECANCELED && !sp->fill) {
+        /* The read got nothing: the file is shorter than promised. */
+        return send_done(c, -ENODATA);
+    } else if (sp->out_res == 0) {
+        /* Nothing moved from a pipe that has bytes: never expected; stop rather than spin. */
+        return send_done(c, -EIO);
+    } else if (sp->out_res < 0 && sp->out_res != -ECANCELED) {
+        return send_done(c, ktla_ktls_error(-sp->out_res, KTLA_OP_IO));
+    }
+    splice_step(c);
+}
+
+/* Kernel mode: starts (or resumes) the send described by sbuf/file_fd, slen and sdone. */
+static bool kernel_send_start(struct ktla_conn *c)
+{
+    if (c->file_fd >= 0 && c->sp) {
+        splice_step(c);
+        return true;
+    }
+    if (c->file_fd >= 0)
+        return submit_pollout(c);
+    return submit_send(c, c->sbuf + c->sdone, c->slen - c->sdone);
+}
+
+/*
+ * Our KeyUpdate (update_not_requested) under the current key, then the next transmit key: the
+ * peer asked for it. Only while none of our sends is in flight, so that every byte after the
+ * KeyUpdate goes under the new key; an application send that arrives while the KeyUpdate waits
+ * for room is queued behind it.
+ */
+static void rekey_tx(struct ktla_conn *c)
+{
+    static const uint8_t key_update[5] = {24, 0, 0, 1, 0};
+    struct ktla_rekey *rk = c->rk;
+    struct ktla_key k;
+    ssize_t ret;
+
+    if (!rk->tx_due || rk->tx_wait || (c->sbusy && !rk->send_queued))
+        return;
+    ret = ktla_ktls_send_record(c->fd, KTLA_RT_HANDSHAKE, key_update, sizeof(key_update),
+                                MSG_DONTWAIT);
+    if (ret == -EAGAIN) {
+        struct io_uring_sqe *sqe = ktla_ring_sqe(c->ring);
+        if (sqe) {
+            io_uring_prep_poll_add(sqe, c->fd, POLLOUT);
+            submit(c, sqe, &c->wop, KTLA_OP_REKEY_POLLOUT);
+            rk->tx_wait = true;
+            return;
+        }
+        ret = -EBUSY;
+    }
+    if (ret == (ssize_t)sizeof(key_update)) {
+        ret = ktla_secrets_update(&rk->sec, KTLA_DIR_TX, &k);
+        if (ret == 0)
+            ret = ktla_ktls_install(c->fd, KTLA_DIR_TX, &k);
+        ktla_key_wipe(&k);
+    } else if (ret >= 0) {
+        ret = -EIO;
+    }
+    rk->tx_due = false;
+    if (ret == 0)
+        c->info.key_updates_tx++;
+    else /* the peer now expects our next key, or never got our update: the stream is over */
+        shutdown(c->fd, SHUT_RDWR);
+    if (rk->send_queued) {
+        rk->send_queued = false;
+        if (ret < 0)
+            send_done(c, ret);
+        else if (!kernel_send_start(c))
+            send_done(c, -EBUSY);
+    }
 }
 
 /* Userspace mode: plaintext to ciphertext in c->enc. */
@@ -406,7 +660,9 @@ int ktla_conn_send(struct ktla_conn *c, const void *buf, size_t len, ktla_io_cb 
     c->slen = len;
     c->file_fd = -1;
     if (c->info.tx_mode == KTLA_MODE_KERNEL) {
-        if (!submit_send(c, buf, len))
+        if (c->rk && c->rk->tx_wait)
+            c->rk->send_queued = true; /* behind our KeyUpdate */
+        else if (!submit_send(c, buf, len))
             return -EBUSY;
         c->sbusy = true;
         return 0;
@@ -436,7 +692,19 @@ int ktla_conn_sendfile(struct ktla_conn *c, int file_fd, uint64_t offset, size_t
     c->file_off = offset;
     bool ok;
     if (c->info.tx_mode == KTLA_MODE_KERNEL) {
-        ok = submit_pollout(c);
+        /* (without a pipe, splice falls back to sendfile(2), which does the same work) */
+        if (c->use_splice)
+            splice_pipe(c);
+        if (c->rk && c->rk->tx_wait) {
+            c->rk->send_queued = true; /* behind our KeyUpdate */
+            ok = true;
+        } else if (c->sp) {
+            c->sbusy = true; /* before the step: it may end the send at once on a full ring */
+            splice_step(c);
+            return 0;
+        } else {
+            ok = submit_pollout(c);
+        }
     } else {
         if (!c->chunk && !(c->chunk = malloc(TLS_CHUNK)))
             return -ENOMEM;
@@ -495,6 +763,10 @@ void ktla_conn_close(struct ktla_conn *c)
         int ret = io_uring_register_sync_cancel(c->ring, &reg);
         if (ret < 0 && ret != -ENOENT)
             shutdown(c->fd, SHUT_RDWR);
+        if (c->sp) { /* a file -> pipe splice runs on the pipe, not on the socket */
+            reg.fd = c->sp->w;
+            io_uring_register_sync_cancel(c->ring, &reg);
+        }
     }
     ktla_conn_reap(c);
 }
@@ -515,14 +787,36 @@ void ktla_conn_complete(struct ktla_op *op, struct io_uring_cqe *cqe)
     case KTLA_OP_RAW_RECV:
         on_raw_recv(c, cqe->res);
         break;
+    case KTLA_OP_RECV_READY:
+        recv_done(c, cqe->res < 0 ? cqe->res : 1);
+        break;
     case KTLA_OP_SEND:
         on_send(c, cqe->res);
         break;
     case KTLA_OP_POLLOUT:
         if (cqe->res < 0)
             send_done(c, cqe->res);
+        else if (c->sp) /* a connection with a pipe sends every file through it */
+            splice_step(c);
         else
             kernel_sendfile_step(c);
+        break;
+    case KTLA_OP_SPLICE_IN:
+    case KTLA_OP_SPLICE_OUT:
+        on_splice(c, op->kind, cqe->res);
+        break;
+    case KTLA_OP_REKEY_POLLOUT:
+        c->rk->tx_wait = false;
+        if (cqe->res < 0) {
+            c->rk->tx_due = false;
+            shutdown(c->fd, SHUT_RDWR);
+            if (c->rk->send_queued) {
+                c->rk->send_queued = false;
+                send_done(c, cqe->res);
+            }
+        } else {
+            rekey_tx(c);
+        }
         break;
     case KTLA_OP_FILE_READ:
         on_file_read(c, cqe->res);

@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "handshake.h"
+#include "keys.h"
 #include "ktla.h"
 
 /* What a submission was for; its completion is routed by this. */
@@ -18,10 +19,14 @@ enum ktla_op_kind {
     KTLA_OP_HS_RECV,
     KTLA_OP_HS_SEND,
     KTLA_OP_RECV,    /* established: receive (also the deferred delivery of early plaintext) */
+    KTLA_OP_RECV_READY, /* established: waiting for something to receive, without a buffer */
     KTLA_OP_RAW_RECV, /* established, userspace mode: ciphertext for OpenSSL */
     KTLA_OP_SEND,    /* established: send, or a file chunk's ciphertext in userspace mode */
     KTLA_OP_POLLOUT, /* established, kernel mode: sendfile waits for room */
     KTLA_OP_FILE_READ, /* established, userspace mode: a file chunk to encrypt */
+    KTLA_OP_SPLICE_IN,  /* established, kernel mode, splice path: file -> pipe */
+    KTLA_OP_SPLICE_OUT, /* established, kernel mode, splice path: pipe -> socket */
+    KTLA_OP_REKEY_POLLOUT, /* established, kernel mode: our KeyUpdate waits for room */
 };
 
 /* Embedded in whatever owns the operation; user_data = its address | 1 (see ktla_dispatch). */
@@ -35,6 +40,26 @@ enum ktla_conn_state {
     KTLA_CONN_HANDSHAKE,
     KTLA_CONN_ESTABLISHED,
     KTLA_CONN_CLOSING, /* waiting for its operations to finish before it is freed */
+};
+
+/* The splice path's pipe, made at a connection's first file and kept for the next ones. */
+struct ktla_splice {
+    int r, w;
+    size_t cap;          /* the pipe's capacity: bytes moved per step */
+    size_t fill;         /* bytes in the pipe, read from the file and not yet in the socket */
+    unsigned pending;    /* splices of this step still in flight */
+    int in_res, out_res; /* their results */
+    struct ktla_op in_op; /* file -> pipe; pipe -> socket uses the connection's wop */
+};
+
+/* A TLS 1.3 kernel connection on a kernel that can rekey: what following KeyUpdates takes. */
+struct ktla_rekey {
+    struct ktla_secrets sec;
+    uint64_t window_start_ns; /* rate limit: KeyUpdates from the peer in the current window */
+    unsigned window_count;
+    bool tx_due;      /* the peer asked for our KeyUpdate and it is not sent yet */
+    bool tx_wait;     /* ...and it waits for room in the socket (POLLOUT on wop) */
+    bool send_queued; /* an application send arrived meanwhile; it starts after our update */
 };
 
 struct ktla_conn {
@@ -71,6 +96,9 @@ struct ktla_conn {
     size_t slen, sdone;
     int file_fd;           /* >= 0: a sendfile in progress */
     uint64_t file_off;
+    bool use_splice;       /* kernel mode: files through io_uring splice, not sendfile(2) */
+    struct ktla_splice *sp;
+    struct ktla_rekey *rk; /* NULL: a KeyUpdate ends the connection (KTLA_ENOREKEY) */
     ktla_io_cb scb;
     void *sarg;
     bool sbusy;

@@ -405,14 +405,30 @@ wipe_keys:
     return ret;
 }
 
+/*
+ * One KeyUpdate of one direction: secret becomes HKDF-Expand-Label(secret, "traffic upd", "",
+ * Hash.length) (RFC 8446 §7.2) and *k the key and IV of the new secret. The secret changes only
+ * on success, so that after a failure it still matches the peer's generation.
+ */
+static int next_generation(const EVP_MD *md, uint8_t *secret, size_t len, uint16_t version,
+                           enum ktla_cipher cipher, struct ktla_key *k)
+{
+    uint8_t next[EVP_MAX_MD_SIZE];
+    int ret = expand_label(md, secret, len, "traffic upd", next, len);
+    if (ret == 0)
+        ret = tls13_key(md, next, len, version, cipher, k);
+    if (ret == 0)
+        memcpy(secret, next, len);
+    OPENSSL_cleanse(next, sizeof(next));
+    return ret;
+}
+
 int ktla_keys_update(SSL *ssl, enum ktla_dir dir, struct ktla_key *k)
 {
     struct secrets *sec = ssl_index < 0 ? NULL : SSL_get_ex_data(ssl, ssl_index);
-    uint8_t next[EVP_MAX_MD_SIZE];
     enum ktla_cipher cipher;
     const EVP_MD *md;
     uint16_t version;
-    uint8_t *cur;
     size_t md_len;
     int ret;
 
@@ -424,24 +440,59 @@ int ktla_keys_update(SSL *ssl, enum ktla_dir dir, struct ktla_key *k)
     if (version != KTLA_TLS1_3 || sec == NULL || sec->client_len != md_len ||
         sec->server_len != md_len || (dir != KTLA_DIR_TX && dir != KTLA_DIR_RX))
         goto wipe_key;
-
     /* TX is our own write direction: the server's secret on a server, the client's on a client. */
-    cur = (dir == KTLA_DIR_TX) == (SSL_is_server(ssl) == 1) ? sec->server : sec->client;
-    ret = expand_label(md, cur, md_len, "traffic upd", next, md_len);
-    if (ret < 0)
-        goto wipe_next;
-    ret = tls13_key(md, next, md_len, version, cipher, k);
-    if (ret < 0)
-        goto wipe_next;
-    /* Only now: after a failure the stored secret still matches the peer's generation. */
-    memcpy(cur, next, md_len);
-wipe_next:
-    OPENSSL_cleanse(next, sizeof(next));
+    ret = next_generation(md, (dir == KTLA_DIR_TX) == (SSL_is_server(ssl) == 1) ? sec->server
+                                                                                 : sec->client,
+                          md_len, version, cipher, k);
     if (ret == 0)
         return 0;
 wipe_key:
     ktla_key_wipe(k);
     return ret;
+}
+
+int ktla_keys_export(SSL *ssl, struct ktla_secrets *out)
+{
+    const struct secrets *sec = ssl_index < 0 ? NULL : SSL_get_ex_data(ssl, ssl_index);
+    enum ktla_cipher cipher;
+    const EVP_MD *md;
+    uint16_t version;
+    size_t md_len;
+    int ret;
+
+    memset(out, 0, sizeof(*out));
+    ret = suite_of(ssl, &version, &cipher, &md);
+    if (ret < 0)
+        return ret;
+    md_len = (size_t)EVP_MD_get_size(md);
+    if (version != KTLA_TLS1_3 || sec == NULL || sec->client_len != md_len ||
+        sec->server_len != md_len || md_len > sizeof(out->tx))
+        return KTLA_EINVAL;
+    bool server = SSL_is_server(ssl) == 1;
+    memcpy(out->tx, server ? sec->server : sec->client, md_len);
+    memcpy(out->rx, server ? sec->client : sec->server, md_len);
+    out->len = (uint8_t)md_len;
+    out->cipher = (uint8_t)cipher;
+    out->md_nid = EVP_MD_get_type(md);
+    return 0;
+}
+
+int ktla_secrets_update(struct ktla_secrets *s, enum ktla_dir dir, struct ktla_key *k)
+{
+    const EVP_MD *md = s->len ? EVP_get_digestbynid(s->md_nid) : NULL;
+    int ret = KTLA_EINVAL;
+
+    if (md && (size_t)EVP_MD_get_size(md) == s->len && (dir == KTLA_DIR_TX || dir == KTLA_DIR_RX))
+        ret = next_generation(md, dir == KTLA_DIR_TX ? s->tx : s->rx, s->len, KTLA_TLS1_3,
+                              (enum ktla_cipher)s->cipher, k);
+    if (ret < 0)
+        ktla_key_wipe(k);
+    return ret;
+}
+
+void ktla_secrets_wipe(struct ktla_secrets *s)
+{
+    OPENSSL_cleanse(s, sizeof(*s));
 }
 
 void ktla_keys_forget(SSL *ssl)

@@ -46,6 +46,28 @@ int ktla_keys_derive(SSL *ssl, struct ktla_key *tx, struct ktla_key *rx);
 int ktla_keys_update(SSL *ssl, enum ktla_dir dir, struct ktla_key *k);
 
 /*
+ * A TLS 1.3 connection's current traffic secrets, copied out of the SSL so that the SSL can be
+ * freed while the connection can still follow KeyUpdates (kernels that can rekey). 48 bytes
+ * fit the longest hash of the three suites (SHA-384).
+ */
+struct ktla_secrets {
+    uint8_t tx[48], rx[48]; /* ours, the peer's */
+    uint8_t len;            /* 32 or 48; 0: none */
+    uint8_t cipher;         /* enum ktla_cipher */
+    int md_nid;
+};
+
+/* Copies the current TLS 1.3 secrets of a finished handshake into *out. 0, or KTLA_EINVAL (not
+ * TLS 1.3, secrets missing or forgotten), KTLA_ENOCIPHER. The copy is the caller's to wipe. */
+int ktla_keys_export(SSL *ssl, struct ktla_secrets *out);
+
+/* ktla_keys_update on an exported copy: advances one direction's secret by one generation and
+ * writes its keys (seq 0) into *k. 0, or KTLA_EINVAL, -ENOMEM; on failure *k is wiped and the
+ * secret unchanged. */
+int ktla_secrets_update(struct ktla_secrets *s, enum ktla_dir dir, struct ktla_key *k);
+void ktla_secrets_wipe(struct ktla_secrets *s);
+
+/*
  * Wipes and drops the TLS 1.3 secrets captured for `ssl` now instead of when it is freed: once
  * keys are derived and no KeyUpdate will be followed. Safe to call more than once, and on an SSL
  * that has none.

@@ -7,6 +7,7 @@
 #include <linux/tls.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -401,8 +402,12 @@ err_errno:
     return ret;
 }
 
-/* Attaches and installs a throwaway TX key of `cipher` and `version` on a fresh connection. */
-static int probe_one(uint16_t version, enum ktla_cipher cipher)
+/*
+ * Attaches and installs a throwaway TX key of `cipher` and `version` on a fresh connection; with
+ * `rekey`, then a second, different one, as a KeyUpdate would (only kernels that can rekey take
+ * it: Linux 6.14+).
+ */
+static int probe_one(uint16_t version, enum ktla_cipher cipher, bool rekey)
 {
     struct ktla_key k = {.version = version, .cipher = cipher};
     int cfd = -1, sfd = -1, ret;
@@ -413,9 +418,33 @@ static int probe_one(uint16_t version, enum ktla_cipher cipher)
     ret = ktla_ktls_attach(sfd);
     if (ret == 0)
         ret = ktla_ktls_install(sfd, KTLA_DIR_TX, &k);
+    if (ret == 0 && rekey) {
+        k.key[0] = 1;
+        ret = ktla_ktls_install(sfd, KTLA_DIR_TX, &k);
+        if (ret == KTLA_EALREADY || ret == KTLA_EKERNEL_OLD)
+            ret = KTLA_ENOREKEY;
+    }
+    ktla_key_wipe(&k);
     close(sfd);
     close(cfd);
     return ret;
+}
+
+static int probe_rekey(void)
+{
+    return probe_one(KTLA_TLS1_3, KTLA_CIPHER_AES_128_GCM, true);
+}
+
+bool ktla_ktls_can_rekey(void)
+{
+    /* Asked once per process, on the first kernel connection: the answer is the kernel's. */
+    static atomic_int cached = 0; /* 0: not asked; 1: yes; 2: no */
+    int v = atomic_load(&cached);
+    if (!v) {
+        v = probe_rekey() == 0 ? 1 : 2;
+        atomic_store(&cached, v);
+    }
+    return v == 1;
 }
 
 int ktla_kernel_probe(struct ktla_kernel_support *out)
@@ -425,11 +454,11 @@ int ktla_kernel_probe(struct ktla_kernel_support *out)
 
     memset(&s, 0, sizeof(s));
     for (int c = 0; c < KTLA_CIPHER_COUNT; c++) {
-        s.cipher[c] = probe_one(KTLA_TLS1_3, (enum ktla_cipher)c);
+        s.cipher[c] = probe_one(KTLA_TLS1_3, (enum ktla_cipher)c, false);
         /* A kernel without TLS 1.3 (before 5.1) may still carry the cipher for TLS 1.2. */
         if (s.cipher[c] == KTLA_EKERNEL_OLD) {
             s.tls13 = KTLA_EKERNEL_OLD;
-            s.cipher[c] = probe_one(KTLA_TLS1_2, (enum ktla_cipher)c);
+            s.cipher[c] = probe_one(KTLA_TLS1_2, (enum ktla_cipher)c, false);
         }
         if (s.cipher[c] == KTLA_ENOKTLS || s.cipher[c] == KTLA_ENOTCONN ||
             (s.cipher[c] < 0 && s.cipher[c] > -4000 && c == 0)) {
@@ -441,6 +470,7 @@ int ktla_kernel_probe(struct ktla_kernel_support *out)
             break;
         }
     }
+    s.rekey = s.ulp ? s.ulp : probe_rekey();
     if (out)
         *out = s;
     if (s.ulp)

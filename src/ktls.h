@@ -46,6 +46,10 @@ struct ktla_key {
 /* Key length in bytes (16 or 32); 0 for an unknown cipher. */
 size_t ktla_cipher_key_len(enum ktla_cipher cipher);
 
+/* Whether this kernel can follow a TLS 1.3 KeyUpdate (a second key on an installed socket:
+ * Linux 6.14+). Probed once per process. */
+bool ktla_ktls_can_rekey(void);
+
 /* Wipes a key description so no traffic secret outlives its use. */
 void ktla_key_wipe(struct ktla_key *k);
 

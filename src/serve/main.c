@@ -35,6 +35,7 @@ struct options {
     const char *tickets;
     const char *access_log;
     enum ktla_ktls_policy ktls;
+    enum ktla_file_path file_path;
     unsigned workers;
     unsigned handshake_timeout_s, idle_timeout_s, drain_timeout_s;
     unsigned max_connections;
@@ -53,6 +54,8 @@ static void usage(FILE *f, const char *argv0)
         "  --cert FILE --key FILE      certificate chain and private key (PEM); without them a\n"
         "                              self-signed ECDSA P-256 certificate is made at start-up\n"
         "  --ktls auto|require|off     kernel TLS: where possible (default), mandatory, never\n"
+        "  --file-io sendfile|splice   how bodies enter a kernel-TLS socket: sendfile(2) from the\n"
+        "                              worker (default, measured faster), or io_uring splice\n"
         "  --workers N                 threads, each with its own io_uring and listening socket\n"
         "                              (default: the number of CPUs)\n"
         "  --tickets FILE              session ticket keys shared with other servers (80-byte\n"
@@ -103,6 +106,7 @@ static int parse_options(int argc, char **argv, struct options *o)
         {"cert", required_argument, NULL, 'c'},
         {"key", required_argument, NULL, 'k'},
         {"ktls", required_argument, NULL, 'K'},
+        {"file-io", required_argument, NULL, 'F'},
         {"workers", required_argument, NULL, 'w'},
         {"tickets", required_argument, NULL, 't'},
         {"handshake-timeout", required_argument, NULL, 'H'},
@@ -145,6 +149,16 @@ static int parse_options(int argc, char **argv, struct options *o)
                 o->ktls = KTLA_KTLS_OFF;
             else {
                 fprintf(stderr, "ktla-serve: --ktls is auto, require or off, not '%s'\n", optarg);
+                ret = -1;
+            }
+            break;
+        case 'F':
+            if (!strcmp(optarg, "sendfile"))
+                o->file_path = KTLA_FILE_SENDFILE;
+            else if (!strcmp(optarg, "splice"))
+                o->file_path = KTLA_FILE_SPLICE;
+            else {
+                fprintf(stderr, "ktla-serve: --file-io is sendfile or splice, not '%s'\n", optarg);
                 ret = -1;
             }
             break;
@@ -272,7 +286,7 @@ static int open_log(const char *path)
 }
 
 /* What the third start-up line says about kernel TLS. */
-static void report_ktls(enum ktla_ktls_policy policy, int probe,
+static void report_ktls(enum ktla_ktls_policy policy, enum ktla_file_path file_path, int probe,
                         const struct ktla_kernel_support *ks)
 {
     if (policy == KTLA_KTLS_OFF) {
@@ -281,8 +295,14 @@ static void report_ktls(enum ktla_ktls_policy policy, int probe,
     }
     if (probe == 0) {
         printf("  kernel TLS:  yes: after each handshake the kernel carries the record layer, "
-               "files go out with sendfile(2)%s\n",
+               "files go out with %s%s\n",
+               file_path == KTLA_FILE_SPLICE ? "io_uring splice" : "sendfile(2)",
                policy == KTLA_KTLS_REQUIRE ? " (required)" : "");
+        if (ks->rekey)
+            printf("               TLS 1.3 KeyUpdate ends the connection: %s\n",
+                   ktla_strerror(ks->rekey));
+        else
+            printf("               TLS 1.3 KeyUpdate: followed with new kernel keys\n");
         for (int i = 0; i < KTLA_CIPHER_COUNT; i++)
             if (ks->cipher[i])
                 printf("               except %s: %s\n", ktla_cipher_name((enum ktla_cipher)i),
@@ -411,6 +431,7 @@ int main(int argc, char **argv)
         }
     }
     cfg.ktls = o.ktls;
+    cfg.file_path = o.file_path;
     cfg.handshake_timeout_ms = o.handshake_timeout_s * 1000;
     cfg.idle_timeout_s = o.idle_timeout_s;
     cfg.drain_timeout_s = o.drain_timeout_s;
@@ -452,7 +473,7 @@ int main(int argc, char **argv)
         printf("  certificate: self-signed ECDSA P-256 for localhost, 127.0.0.1, ::1 (made now, in "
                "memory), SHA-256 %s\n",
                fp);
-    report_ktls(o.ktls, probe, &ks);
+    report_ktls(o.ktls, o.file_path, probe, &ks);
     printf("  workers:     %u (one io_uring and one SO_REUSEPORT socket each), up to %u "
            "connections\n",
            o.workers, cfg.max_conns * o.workers);

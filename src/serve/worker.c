@@ -230,6 +230,35 @@ static void conn_close(struct sconn *c)
     w->grave = c;
 }
 
+#define LOCATION_MAX 1024 /* a redirect longer than this is refused (414) */
+
+/* "/" + the resolved path, percent-encoded where a path segment needs it, + "/". -1 when it
+ * does not fit cap bytes (with the NUL). */
+static int location_of(const char *path, char *out, size_t cap)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t n = 0;
+
+    out[n++] = '/';
+    for (const unsigned char *p = (const unsigned char *)path; *p; p++) {
+        if (n + 4 > cap)
+            return -1;
+        if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+            strchr("-._~!$&'()*+,;=:@/", *p)) {
+            out[n++] = (char)*p;
+        } else {
+            out[n++] = '%';
+            out[n++] = hex[*p >> 4];
+            out[n++] = hex[*p & 15];
+        }
+    }
+    if (n + 2 > cap)
+        return -1;
+    out[n++] = '/';
+    out[n] = 0;
+    return 0;
+}
+
 static void read_next(struct sconn *c);
 static void on_recv(struct ktla_conn *kc, ssize_t n, void *arg);
 
@@ -341,10 +370,10 @@ static int serve_file(struct sconn *c, struct http_response *resp)
         close(fd);
         if (!slash) {
             /* Relative links in its index.html resolve against the directory only with the
-             * slash; the raw target's characters were already checked by http_parser. */
-            size_t plen = strcspn(q->target, "?#");
-            memcpy(w->location, q->target, plen);
-            memcpy(w->location + plen, "/", 2);
+             * slash. Built from the resolved path, never the raw target: "//host" or an
+             * absolute-form target would send the client to another host. */
+            if (location_of(path, w->location, LOCATION_MAX) < 0)
+                return 414; /* the redirect would not fit a response head */
             resp->location = w->location;
             return 301;
         }
@@ -518,10 +547,13 @@ static void read_next(struct sconn *c)
 static void on_recv(struct ktla_conn *kc, ssize_t n, void *arg)
 {
     struct sconn *c = arg;
-    (void)kc;
     c->recv_pending = false;
-    /* 0: close_notify; < 0: the client reset or closed without close_notify, which is how many
-     * clients end a connection: nothing worth a message. */
+    /* 0: close_notify; a reset or a close without close_notify is how many clients end a
+     * connection: nothing worth a message. Anything else (a KeyUpdate this kernel cannot follow,
+     * a KeyUpdate storm, a record that fails authentication...) is for the operator. */
+    if (n < 0 && n != KTLA_ETRUNCATED && n != KTLA_EALERT && n != -ECONNRESET && n != -EPIPE)
+        fprintf(stderr, "ktla-serve: %s: connection ended: %s (%s)\n",
+                ktla_conn_get_info(kc)->peer, ktla_strerror((int)n), ktla_err_name((int)n));
     if (n <= 0)
         return conn_close(c);
     c->active_ns = now_ns();
@@ -753,6 +785,7 @@ int worker_init(struct worker *w)
         .ctx = w->cfg->ctx,
         .ring = &w->ring,
         .ktls = w->cfg->ktls,
+        .file_path = w->cfg->file_path,
         .handshake_timeout_ms = w->cfg->handshake_timeout_ms,
         .on_conn = on_conn,
         .on_fail = on_fail,

@@ -15,6 +15,7 @@ struct serve_config {
     int root_fd; /* DIR, O_PATH */
     struct ktla_ctx *ctx;
     enum ktla_ktls_policy ktls;
+    enum ktla_file_path file_path;
     unsigned handshake_timeout_ms;
     unsigned idle_timeout_s;
     unsigned drain_timeout_s;

@@ -9,10 +9,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/tls.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -344,4 +346,21 @@ Test(ktls, probe_reports_every_cipher_usable)
     cr_assert_eq(s.tls13, 0);
     for (int c = 0; c < KTLA_CIPHER_COUNT; c++)
         cr_assert_eq(s.cipher[c], 0, "%s: %s", ktla_cipher_name(c), ktla_strerror(s.cipher[c]));
+}
+
+/* Rekeying came with Linux 6.14: the probe must say so exactly where the release says so. */
+Test(ktls, probe_reports_rekeying_by_kernel_release)
+{
+    struct ktla_kernel_support s;
+    struct utsname u;
+    unsigned major = 0, minor = 0;
+
+    tu_require_ktls(KTLA_TLS1_3, KTLA_CIPHER_AES_128_GCM);
+    cr_assert_eq(uname(&u), 0);
+    cr_assert_eq(sscanf(u.release, "%u.%u", &major, &minor), 2, "release %s", u.release);
+    ktla_kernel_probe(&s);
+    bool can = major > 6 || (major == 6 && minor >= 14);
+    cr_assert_eq(s.rekey, can ? 0 : KTLA_ENOREKEY, "kernel %s: rekey probe says %s", u.release,
+                 ktla_err_name(s.rekey));
+    cr_assert_eq(ktla_ktls_can_rekey(), can);
 }

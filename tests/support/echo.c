@@ -28,6 +28,8 @@ struct echo_server {
     struct ktla_ctx *ctx;
     struct ktla_acceptor *acc;
     int lfd, file_fd;
+    size_t file_extra;
+    bool ready_first;
     uint16_t port;
     pthread_t thread;
     volatile bool stop;
@@ -98,6 +100,8 @@ static void echo_end(struct ktla_conn *conn, struct echo_state *st, ssize_t resu
     pthread_mutex_lock(&s->lock);
     s->live[st->idx] = NULL;
     s->conns[st->idx].last_result = result;
+    s->conns[st->idx].key_updates_rx = ktla_conn_get_info(conn)->key_updates_rx;
+    s->conns[st->idx].key_updates_tx = ktla_conn_get_info(conn)->key_updates_tx;
     s->conns[st->idx].ended = true;
     s->nended++;
     pthread_mutex_unlock(&s->lock);
@@ -107,14 +111,31 @@ static void echo_end(struct ktla_conn *conn, struct echo_state *st, ssize_t resu
 
 static void on_recv(struct ktla_conn *conn, ssize_t n, void *arg);
 
+static void on_ready(struct ktla_conn *conn, ssize_t n, void *arg)
+{
+    struct echo_state *st = arg;
+    if (n != 1) /* anything but "ready" ends it, and the test sees the value */
+        return echo_end(conn, st, n < 0 ? n : -1000 - n);
+    int ret = ktla_conn_recv(conn, st->buf, sizeof(st->buf), on_recv, st);
+    if (ret < 0)
+        echo_end(conn, st, ret);
+}
+
+/* The next receive: straight away, or after ktla_conn_recv_ready with ready_first. */
+static void next_recv(struct ktla_conn *conn, struct echo_state *st)
+{
+    int ret = st->srv->ready_first ? ktla_conn_recv_ready(conn, on_ready, st)
+                                   : ktla_conn_recv(conn, st->buf, sizeof(st->buf), on_recv, st);
+    if (ret < 0)
+        echo_end(conn, st, ret);
+}
+
 static void on_sent(struct ktla_conn *conn, ssize_t n, void *arg)
 {
     struct echo_state *st = arg;
     if (n < 0)
         return echo_end(conn, st, n);
-    int ret = ktla_conn_recv(conn, st->buf, sizeof(st->buf), on_recv, st);
-    if (ret < 0)
-        echo_end(conn, st, ret);
+    next_recv(conn, st);
 }
 
 static void on_recv(struct ktla_conn *conn, ssize_t n, void *arg)
@@ -126,7 +147,8 @@ static void on_recv(struct ktla_conn *conn, ssize_t n, void *arg)
     if (st->srv->file_fd >= 0 && n >= 4 && memcmp(st->buf, "FILE", 4) == 0) {
         struct stat sb;
         fstat(st->srv->file_fd, &sb);
-        ret = ktla_conn_sendfile(conn, st->srv->file_fd, 0, (size_t)sb.st_size, on_sent, st);
+        ret = ktla_conn_sendfile(conn, st->srv->file_fd, 0,
+                                 (size_t)sb.st_size + st->srv->file_extra, on_sent, st);
     } else {
         ret = ktla_conn_send(conn, st->buf, (size_t)n, on_sent, st);
     }
@@ -158,9 +180,7 @@ static void on_conn(struct ktla_conn *conn, void *arg)
     st->srv = s;
     st->idx = idx;
     ktla_conn_set_data(conn, st);
-    int ret = ktla_conn_recv(conn, st->buf, sizeof(st->buf), on_recv, st);
-    if (ret < 0)
-        echo_end(conn, st, ret);
+    next_recv(conn, st);
 }
 
 static void on_fail(const char *peer, int code, const char *detail, void *arg)
@@ -218,6 +238,8 @@ struct echo_server *echo_start(const struct echo_opts *o)
     cr_assert_eq(ret, 0, "ktla_ctx_new: %s", ktla_strerror(ret));
     s->lfd = tu_listen(&s->port);
     s->file_fd = o->file ? open(o->file, O_RDONLY | O_CLOEXEC) : -1;
+    s->file_extra = o->file_extra;
+    s->ready_first = o->ready_first;
     if (o->shared_ring)
         cr_assert_eq(io_uring_queue_init(256, &s->ring, 0), 0);
     struct ktla_acceptor_config ac = {
@@ -227,6 +249,7 @@ struct echo_server *echo_start(const struct echo_opts *o)
         .ktls = o->ktls,
         .max_handshakes = o->max_handshakes,
         .handshake_timeout_ms = o->timeout_ms,
+        .file_path = o->file_path,
         .on_conn = on_conn,
         .on_fail = on_fail,
         .log = quiet_log,

@@ -21,6 +21,9 @@ struct echo_opts {
     enum ktla_ktls_policy ktls;
     unsigned timeout_ms, max_handshakes; /* 0: ktla's defaults */
     const char *file; /* a request starting with "FILE" is answered with this file's bytes */
+    size_t file_extra; /* ...asking ktla_conn_sendfile for this many bytes more than it has */
+    enum ktla_file_path file_path;
+    bool ready_first; /* wait with ktla_conn_recv_ready before each receive */
     bool shared_ring; /* the server thread owns the ring, shares it with ktla, and puts a
                          timeout of its own on it every turn (see echo_app_completions) */
 };
@@ -32,6 +35,7 @@ struct echo_conn {
     int readback_tx, readback_rx;  /* ktla_ktls_get on the server socket: 0 or the code */
     uint64_t readback_tx_seq, readback_rx_seq;
     ssize_t last_result;           /* how the connection ended, from the server's side */
+    uint32_t key_updates_rx, key_updates_tx; /* KeyUpdates followed in kernel mode, at the end */
     bool ended;
 };
 

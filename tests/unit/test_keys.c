@@ -277,16 +277,27 @@ ParameterizedTestParameters(keys, key_update_follows_openssl_both_ways)
     return cr_make_param_array(struct tu_variant, tls13_variants, 3);
 }
 
+/* The next generation of one direction: from the SSL, or from the copy exported before the
+ * SSL's own secrets were forgotten (how a kernel connection keeps them). */
+static void next_key(SSL *ssl, struct ktla_secrets *exported, enum ktla_dir dir, struct ktla_key *k)
+{
+    if (exported)
+        cr_assert_eq(ktla_secrets_update(exported, dir, k), 0);
+    else
+        cr_assert_eq(ktla_keys_update(ssl, dir, k), 0);
+}
+
 /*
  * The client updates its key twice (SSL_key_update, then a write); each KeyUpdate record opens
- * under the current rx key and the data after it under the key ktla_keys_update derived. Then
- * the server side does the same towards the client, which must accept it.
+ * under the current rx key and the data after it under the key ktla derived. Then the server side
+ * does the same towards the client, which must accept it.
  */
-ParameterizedTest(struct tu_variant *v, keys, key_update_follows_openssl_both_ways)
+static void key_update_both_ways(struct tu_variant *v, bool export)
 {
     static const uint8_t key_update[] = {HS_KEY_UPDATE, 0, 0, 1, SSL_KEY_UPDATE_NOT_REQUESTED};
     uint8_t msg[MSG_MAX], rec[2 * REC_MAX], out[REC_MAX], type;
     struct ktla_key tx, rx, next;
+    struct ktla_secrets sec, *exported = NULL;
     struct memtls_pair p;
     SSL_CTX *sctx, *cctx;
 
@@ -295,6 +306,12 @@ ParameterizedTest(struct tu_variant *v, keys, key_update_follows_openssl_both_wa
     memtls_pair_init(&p, cctx, sctx);
     cr_assert_eq(memtls_handshake(&p), 0);
     cr_assert_eq(ktla_keys_derive(p.server, &tx, &rx), 0);
+    if (export) {
+        cr_assert_eq(ktla_keys_export(p.server, &sec), 0);
+        cr_assert_eq(sec.len, v->cipher == KTLA_CIPHER_AES_256_GCM ? 48 : 32);
+        ktla_keys_forget(p.server); /* from now on only the copy can follow */
+        exported = &sec;
+    }
     client_catches_up(&p);
 
     for (int gen = 1; gen <= 2; gen++) {
@@ -309,7 +326,7 @@ ParameterizedTest(struct tu_variant *v, keys, key_update_follows_openssl_both_wa
         cr_assert_eq(type, KTLA_RT_HANDSHAKE);
         cr_assert(memcmp(out, key_update, sizeof(key_update)) == 0);
 
-        cr_assert_eq(ktla_keys_update(p.server, KTLA_DIR_RX, &next), 0);
+        next_key(p.server, exported, KTLA_DIR_RX, &next);
         cr_assert_eq(next.seq, 0);
         cr_assert_eq(next.version, KTLA_TLS1_3);
         cr_assert_eq(next.cipher, v->cipher);
@@ -321,16 +338,53 @@ ParameterizedTest(struct tu_variant *v, keys, key_update_follows_openssl_both_wa
 
     for (int gen = 1; gen <= 2; gen++) {
         size_t len = tu_record_seal(&tx, KTLA_RT_HANDSHAKE, key_update, sizeof(key_update), rec);
-        cr_assert_eq(ktla_keys_update(p.server, KTLA_DIR_TX, &next), 0);
+        next_key(p.server, exported, KTLA_DIR_TX, &next);
         memtls_give(p.client, rec, len);
         client_accepts_record(&p, &next, 10 + (uint32_t)gen);
         next.seq++;
         tx = next;
     }
 
+    if (exported) {
+        ktla_secrets_wipe(exported);
+        cr_assert_eq(ktla_secrets_update(exported, KTLA_DIR_RX, &next), KTLA_EINVAL,
+                     "wiped secrets must not derive");
+    }
     ktla_key_wipe(&next);
     ktla_key_wipe(&tx);
     ktla_key_wipe(&rx);
+    memtls_pair_free(&p);
+    SSL_CTX_free(cctx);
+    SSL_CTX_free(sctx);
+}
+
+ParameterizedTest(struct tu_variant *v, keys, key_update_follows_openssl_both_ways)
+{
+    key_update_both_ways(v, false);
+}
+
+ParameterizedTestParameters(keys, exported_secrets_follow_openssl_key_updates)
+{
+    return cr_make_param_array(struct tu_variant, tls13_variants, 3);
+}
+
+ParameterizedTest(struct tu_variant *v, keys, exported_secrets_follow_openssl_key_updates)
+{
+    key_update_both_ways(v, true);
+}
+
+Test(keys, tls12_has_no_secrets_to_export)
+{
+    struct ktla_secrets sec;
+    struct memtls_pair p;
+    SSL_CTX *sctx, *cctx;
+
+    memtls_ctx_pair(KTLA_TLS1_2, KTLA_CIPHER_AES_128_GCM, 0, &sctx, &cctx);
+    cr_assert_eq(ktla_keys_init_ctx(sctx), 0);
+    memtls_pair_init(&p, cctx, sctx);
+    cr_assert_eq(memtls_handshake(&p), 0);
+    cr_assert_eq(ktla_keys_export(p.server, &sec), KTLA_EINVAL);
+    cr_assert_eq(sec.len, 0);
     memtls_pair_free(&p);
     SSL_CTX_free(cctx);
     SSL_CTX_free(sctx);
