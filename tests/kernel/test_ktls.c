@@ -302,13 +302,67 @@ KTLS_TEST(readback_reports_version_cipher_and_sequence)
     close(p.server);
 }
 
-KTLS_TEST(second_install_in_one_direction_is_refused)
+/*
+ * A second key in one direction: TLS 1.2 never takes one; TLS 1.3 takes it on kernels that can
+ * rekey (6.14+), as a KeyUpdate needs, and refuses it on the others (6.1).
+ */
+KTLS_TEST(second_install_is_a_rekey_in_tls13_or_refused)
 {
     struct pair p = ktls_pair(v, 0);
     struct ktla_key k;
     tu_key(&k, v->version, v->cipher, 9, 0);
-    cr_assert_eq(ktla_ktls_install(p.server, KTLA_DIR_TX, &k), KTLA_EALREADY);
+    if (v->version == KTLA_TLS1_3 && ktla_ktls_can_rekey()) {
+        cr_assert_eq(ktla_ktls_install(p.server, KTLA_DIR_TX, &k), 0);
+        cr_assert_eq(ktla_ktls_install(p.client, KTLA_DIR_RX, &k), 0);
+        send_and_check(p.server, p.client, 20000, 4); /* under the new key, from seq 0 */
+    } else {
+        cr_assert_eq(ktla_ktls_install(p.server, KTLA_DIR_TX, &k), KTLA_EALREADY);
+    }
     cr_assert_eq(ktla_ktls_attach(p.server), KTLA_EALREADY);
+    ktla_key_wipe(&k);
+    close(p.client);
+    close(p.server);
+}
+
+/*
+ * The whole KeyUpdate on kernels that can rekey: data, the KeyUpdate record under the old key,
+ * then data under the new one. The receiver reads the data, meets the control record, and then
+ * the kernel holds further reads (KTLA_EKEYEXPIRED) until the new key is installed.
+ */
+Test(ktls, key_update_pauses_reads_until_the_new_key)
+{
+    static const uint8_t key_update[5] = {24, 0, 0, 1, 0};
+    const struct tu_variant v = {KTLA_TLS1_3, KTLA_CIPHER_CHACHA20_POLY1305};
+    struct pair p = ktls_pair(&v, 0);
+    struct ktla_key k;
+    uint8_t buf[64], type;
+
+    if (!ktla_ktls_can_rekey()) {
+        /* 6.1: the kernel cannot take the next key, which is why ktla ends such connections. */
+        tu_key(&k, v.version, v.cipher, 9, 0);
+        cr_assert_eq(ktla_ktls_install(p.client, KTLA_DIR_RX, &k), KTLA_EALREADY);
+        goto out;
+    }
+    cr_assert_eq(write(p.server, "before", 6), 6);
+    cr_assert_eq(ktla_ktls_send_record(p.server, KTLA_RT_HANDSHAKE, key_update, 5, 0), 5);
+    tu_key(&k, v.version, v.cipher, 9, 0);
+    cr_assert_eq(ktla_ktls_install(p.server, KTLA_DIR_TX, &k), 0);
+    cr_assert_eq(write(p.server, "after", 5), 5);
+
+    tu_read_full(p.client, buf, 6);
+    cr_assert(memcmp(buf, "before", 6) == 0);
+    ssize_t n = read(p.client, buf, sizeof(buf));
+    cr_assert(n < 0 && ktla_ktls_error(errno, KTLA_OP_IO) == KTLA_ECONTROL);
+    cr_assert_eq(ktla_ktls_recv_record(p.client, buf, sizeof(buf), &type, 0), 5);
+    cr_assert_eq(type, KTLA_RT_HANDSHAKE);
+    cr_assert(memcmp(buf, key_update, 5) == 0);
+    n = recv(p.client, buf, sizeof(buf), MSG_DONTWAIT);
+    cr_assert(n < 0 && ktla_ktls_error(errno, KTLA_OP_IO) == KTLA_EKEYEXPIRED,
+              "a read before the new key: %zd, %s", n, strerror(errno));
+    cr_assert_eq(ktla_ktls_install(p.client, KTLA_DIR_RX, &k), 0);
+    tu_read_full(p.client, buf, 5);
+    cr_assert(memcmp(buf, "after", 5) == 0);
+out:
     ktla_key_wipe(&k);
     close(p.client);
     close(p.server);
