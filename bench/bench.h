@@ -118,6 +118,11 @@ struct bench_result {
     bool have_rss;
     double rss_before_kib, rss_after_kib;
     unsigned established; /* idle mode */
+    /* Idle mode: RSS once a fifth of the connections were established, and how many there were
+     * then. Growth from there to the end is the cost of each further connection, without the
+     * server's fixed costs (start-up, the working set of the handshakes in flight). */
+    double rss_mark_kib;
+    unsigned established_mark;
 };
 
 /* Prints the readable table (to `out`) and writes the JSON and CSV files the config asks for.

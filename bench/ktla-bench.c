@@ -400,9 +400,18 @@ static void run_idle(struct bench_shared *sh, struct bench_result *r, struct pro
 {
     const struct bench_config *cfg = sh->cfg;
     double t0 = now_s();
+    unsigned mark = cfg->connections / 5 ? cfg->connections / 5 : 1;
     pg->start_t = pg->last_t = t0;
     while (!interrupted && atomic_load(&sh->established) < cfg->connections &&
            now_s() - t0 < cfg->max_time_s) {
+        unsigned n = atomic_load(&sh->established);
+        if (!r->established_mark && n >= mark) {
+            struct server_sample m = sample_server(cfg);
+            if (m.ok) {
+                r->rss_mark_kib = (double)m.rss_kib;
+                r->established_mark = n;
+            }
+        }
         progress_tick(pg, sh, "connect", 0);
         nap();
     }

@@ -120,7 +120,17 @@ static void collect(const struct bench_config *cfg, const struct bench_shared *s
     add_num(fs, "server_rss_kib_before", r->have_rss ? r->rss_before_kib : NAN);
     add_num(fs, "server_rss_kib_after", r->have_rss ? r->rss_after_kib : NAN);
     add_num(fs, "established", cfg->mode == MODE_IDLE ? r->established : NAN);
+    bool marked = cfg->mode == MODE_IDLE && r->have_rss && r->established_mark &&
+                  r->established > r->established_mark;
+    add_num(fs, "server_rss_kib_mark", marked ? r->rss_mark_kib : NAN);
+    add_num(fs, "established_mark", marked ? r->established_mark : NAN);
+    /* Each further connection's cost: growth from the mark to the end. */
     add_num(fs, "server_rss_bytes_per_conn",
+            marked ? per((r->rss_after_kib - r->rss_mark_kib) * 1024.0,
+                         (double)(r->established - r->established_mark))
+                   : NAN);
+    /* Everything since start-up, divided by the connections. */
+    add_num(fs, "server_rss_bytes_per_conn_total",
             cfg->mode == MODE_IDLE && r->have_rss
                 ? per((r->rss_after_kib - r->rss_before_kib) * 1024.0, r->established)
                 : NAN);
@@ -266,9 +276,12 @@ static void write_table(FILE *out, const struct bench_config *cfg, const struct 
         fputc('\n', out);
     }
     if (cfg->mode == MODE_IDLE && r->have_rss)
-        fprintf(out, "  %-12s %u established; server RSS %.0f -> %.0f KiB: %.0f bytes/connection\n",
-                "idle", r->established, r->rss_before_kib, r->rss_after_kib,
-                r->established ? field(fs, "server_rss_bytes_per_conn") : 0.0);
+        fprintf(out,
+                "  %-12s %u established; server RSS %.0f -> %.0f KiB at %u -> %.0f KiB at %u: "
+                "%.0f bytes per further connection (%.0f per connection since start-up)\n",
+                "idle", r->established, r->rss_before_kib, r->rss_mark_kib, r->established_mark,
+                r->rss_after_kib, r->established, field(fs, "server_rss_bytes_per_conn"),
+                r->established ? field(fs, "server_rss_bytes_per_conn_total") : 0.0);
     else if (cfg->mode == MODE_IDLE)
         fprintf(out, "  %-12s %u established (no --server-pid: no memory figure)\n", "idle",
                 r->established);

@@ -147,8 +147,11 @@ for server in "${servers[@]}"; do
         fi
         if [ $mode = idle ]; then
             est=$(json_get "$json" established)
-            detail="$detail, established '${est}' of 200"
-            [ "${est:-0}" = 200 ] || ok=FAIL
+            per=$(json_get "$json" server_rss_bytes_per_conn)
+            mark=$(json_get "$json" established_mark)
+            detail="$detail, established '${est}' of 200, '${per}' bytes per further connection (from '${mark}')"
+            [ "${est:-0}" = 200 ] && [ -n "$per" ] && [ "$per" != null ] && [ "${mark:-0}" != null ] &&
+                [ "${mark%.*}" -ge 40 ] || ok=FAIL
         fi
         [ "$(json_get "$json" server_cpu_s)" != null ] || { ok=FAIL; detail="$detail, no server CPU figure"; }
         tap $ok "$server $mode: $detail" "$(tail -n 4 "$work/$server-$mode.log")"

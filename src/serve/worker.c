@@ -41,18 +41,21 @@ enum sconn_state { S_READ, S_WRITE, S_LINGER };
 /* The receive buffer inside struct sconn: what is left of one 512-byte malloc chunk (504 bytes
  * and the allocator's 8-byte header) after the fields. Enough for the heads of curl, wget and
  * load generators; a browser's takes a second receive into a grown buffer. */
-#define IN_SMALL 344
-#define SCONN_BYTES 504
+#define IN_BUF 1024      /* a lent receive buffer: most request heads fit it */
+#define IN_POOL_MAX 1024 /* free buffers a worker keeps for the next ones */
+#define SCONN_BYTES 184
 
 struct sconn {
     struct worker *w;
     struct ktla_conn *kc;
     struct sconn *prev, *next;
     struct http_reader *rd; /* the request being read or answered; NULL while idle */
-    char *in;               /* in_small, or on the heap while a long head arrives */
+    char *in;               /* NULL while idle with nothing buffered; IN_BUF from the worker's
+                               pool, or bigger on the heap while a long head arrives */
     char *out;              /* the response head while its send is in flight, else NULL */
     enum sconn_state state;
-    bool recv_pending, send_pending;
+    bool recv_pending, send_pending; /* an operation in flight that uses our buffers */
+    bool ready_pending;              /* waiting for input, holding no buffer */
     bool close_after, linger_after, head_only;
     int file_fd;
     int status;
@@ -61,10 +64,9 @@ struct sconn {
     unsigned out_len;
     uint64_t active_ns, req_start_ns, linger_until_ns, dead_ns;
     uint64_t body_off, body_left, body_sent, head_len;
-    char in_small[IN_SMALL];
 };
 
-_Static_assert(sizeof(struct sconn) <= SCONN_BYTES, "an idle connection fits one 512-byte chunk");
+_Static_assert(sizeof(struct sconn) <= SCONN_BYTES, "an idle connection fits one 192-byte chunk");
 
 static uint64_t now_ns(void)
 {
@@ -162,26 +164,56 @@ static void log_request(struct sconn *c)
 
 /* ---- connection lifetime */
 
+/* A receive buffer of IN_BUF bytes, from the pool when it has one. */
+static char *in_get(struct worker *w)
+{
+    void *b = w->in_pool;
+    if (!b)
+        return malloc(IN_BUF);
+    memcpy(&w->in_pool, b, sizeof(void *));
+    w->in_pooled--;
+    return b;
+}
+
+/* Gives a connection's buffer back: an IN_BUF one to the pool (up to its limit), others freed. */
+static void in_put(struct sconn *c)
+{
+    struct worker *w = c->w;
+    if (c->in && c->in_cap == IN_BUF && w->in_pooled < IN_POOL_MAX) {
+        memcpy(c->in, &w->in_pool, sizeof(void *));
+        w->in_pool = c->in;
+        w->in_pooled++;
+    } else {
+        free(c->in);
+    }
+    c->in = NULL;
+    c->in_cap = c->in_len = c->in_off = 0;
+}
+
 /* What may still be in use by an operation in flight goes with the connection itself. */
 static void sconn_free(struct sconn *c)
 {
-    if (c->in != c->in_small)
-        free(c->in);
+    in_put(c);
     free(c->out);
     http_reader_free(c->rd);
     free(c);
 }
 
-/* Back to the buffer inside the connection once what is buffered fits it. Only while no
- * receive is in flight. */
+/* Back to a pool buffer once what is buffered fits one, or to none when nothing is buffered.
+ * Only while no receive is in flight. */
 static void shrink_in(struct sconn *c)
 {
-    if (c->in == c->in_small || c->in_len > IN_SMALL)
+    if (!c->in || c->in_len > IN_BUF || (c->in_cap == IN_BUF && c->in_len))
         return;
-    memcpy(c->in_small, c->in, c->in_len);
+    if (!c->in_len)
+        return in_put(c);
+    char *in = in_get(c->w);
+    if (!in)
+        return; /* keeps the big one: it works */
+    memcpy(in, c->in, c->in_len);
     free(c->in);
-    c->in = c->in_small;
-    c->in_cap = IN_SMALL;
+    c->in = in;
+    c->in_cap = IN_BUF;
 }
 
 /* After a receive filled the buffer and the head goes on: a bigger one, so that a long head
@@ -196,9 +228,10 @@ static void grow_in(struct sconn *c)
     if (!in)
         return;
     memcpy(in, c->in, c->in_len);
-    if (c->in != c->in_small)
-        free(c->in);
+    unsigned len = c->in_len;
+    in_put(c);
     c->in = in;
+    c->in_len = len;
     c->in_cap = (unsigned)cap;
 }
 
@@ -262,12 +295,49 @@ static int location_of(const char *path, char *out, size_t cap)
 static void read_next(struct sconn *c);
 static void on_recv(struct ktla_conn *kc, ssize_t n, void *arg);
 
+static void on_ready(struct ktla_conn *kc, ssize_t n, void *arg);
+
+/* The next receive: into the buffer when something is buffered, else first a wait that holds
+ * no buffer (an idle keep-alive connection), and a buffer only once input is there. */
 static void post_recv(struct sconn *c)
 {
-    int ret = ktla_conn_recv(c->kc, c->in + c->in_len, c->in_cap - c->in_len, on_recv, c);
+    int ret;
+    if (!c->in) {
+        ret = ktla_conn_recv_ready(c->kc, on_ready, c);
+        if (ret < 0)
+            return conn_close(c);
+        c->ready_pending = true;
+        return;
+    }
+    ret = ktla_conn_recv(c->kc, c->in + c->in_len, c->in_cap - c->in_len, on_recv, c);
     if (ret < 0)
         return conn_close(c);
     c->recv_pending = true;
+}
+
+/* How a receive ended, for the operator when it is not an ordinary end: 0 is close_notify; a
+ * reset or a close without close_notify is how many clients end a connection. Anything else
+ * (a KeyUpdate this kernel cannot follow, a KeyUpdate storm, a record that fails
+ * authentication...) is worth a line. */
+static void report_end(struct ktla_conn *kc, ssize_t n)
+{
+    if (n < 0 && n != KTLA_ETRUNCATED && n != KTLA_EALERT && n != -ECONNRESET && n != -EPIPE)
+        fprintf(stderr, "ktla-serve: %s: connection ended: %s (%s)\n",
+                ktla_conn_get_info(kc)->peer, ktla_strerror((int)n), ktla_err_name((int)n));
+}
+
+static void on_ready(struct ktla_conn *kc, ssize_t n, void *arg)
+{
+    struct sconn *c = arg;
+    c->ready_pending = false;
+    report_end(kc, n);
+    if (n < 0)
+        return conn_close(c);
+    if (!(c->in = in_get(c->w)))
+        return conn_close(c);
+    c->in_cap = IN_BUF;
+    c->in_len = c->in_off = 0;
+    post_recv(c);
 }
 
 static void start_linger(struct sconn *c)
@@ -548,12 +618,7 @@ static void on_recv(struct ktla_conn *kc, ssize_t n, void *arg)
 {
     struct sconn *c = arg;
     c->recv_pending = false;
-    /* 0: close_notify; a reset or a close without close_notify is how many clients end a
-     * connection: nothing worth a message. Anything else (a KeyUpdate this kernel cannot follow,
-     * a KeyUpdate storm, a record that fails authentication...) is for the operator. */
-    if (n < 0 && n != KTLA_ETRUNCATED && n != KTLA_EALERT && n != -ECONNRESET && n != -EPIPE)
-        fprintf(stderr, "ktla-serve: %s: connection ended: %s (%s)\n",
-                ktla_conn_get_info(kc)->peer, ktla_strerror((int)n), ktla_err_name((int)n));
+    report_end(kc, n);
     if (n <= 0)
         return conn_close(c);
     c->active_ns = now_ns();
@@ -584,12 +649,12 @@ static void on_conn(struct ktla_conn *kc, void *arg)
         w->conns->prev = c;
     w->conns = c;
     w->nconns++;
-    c->recv_pending = c->send_pending = false;
+    c->recv_pending = c->send_pending = c->ready_pending = false;
     c->file_fd = -1;
     c->rd = NULL;
     c->out = NULL;
-    c->in = c->in_small;
-    c->in_cap = IN_SMALL;
+    c->in = NULL;
+    c->in_cap = 0;
     c->in_len = c->in_off = 0;
     c->active_ns = now_ns();
     if (w->nconns > w->cfg->max_conns) {
@@ -734,6 +799,12 @@ static void wind_down(struct worker *w)
         w->grave = c->next;
         sconn_free(c);
     }
+    while (w->in_pool) {
+        void *b = w->in_pool;
+        memcpy(&w->in_pool, b, sizeof(void *));
+        free(b);
+    }
+    w->in_pooled = 0;
 }
 
 void worker_run(struct worker *w)

@@ -55,6 +55,10 @@ struct worker {
     uint64_t wake_val;
     struct __kernel_timespec tick_ts;
     uint64_t served, bytes;
+    /* Receive buffers lent to connections while a request arrives; an idle connection holds
+     * none (it waits with ktla_conn_recv_ready), so 10,000 idle ones cost no buffers. */
+    void *in_pool;
+    unsigned in_pooled;
     char logbuf[64 * 1024];
     size_t loglen;
     /* Scratch for the one request being answered: used only between a completion and the next
