@@ -435,14 +435,17 @@ static int probe_rekey(void)
     return probe_one(KTLA_TLS1_3, KTLA_CIPHER_AES_128_GCM, true);
 }
 
+/* Whether the kernel rekeys: 0 not asked yet, 1 yes, 2 no. Asked once per process (by the probe
+ * or the first kernel connection): the answer is the kernel's, and each probe opens a kernel TLS
+ * context that /proc/net/tls_stat counts. */
+static atomic_int rekey_cached;
+
 bool ktla_ktls_can_rekey(void)
 {
-    /* Asked once per process, on the first kernel connection: the answer is the kernel's. */
-    static atomic_int cached = 0; /* 0: not asked; 1: yes; 2: no */
-    int v = atomic_load(&cached);
+    int v = atomic_load(&rekey_cached);
     if (!v) {
         v = probe_rekey() == 0 ? 1 : 2;
-        atomic_store(&cached, v);
+        atomic_store(&rekey_cached, v);
     }
     return v == 1;
 }
@@ -471,6 +474,8 @@ int ktla_kernel_probe(struct ktla_kernel_support *out)
         }
     }
     s.rekey = s.ulp ? s.ulp : probe_rekey();
+    if (!s.ulp)
+        atomic_store(&rekey_cached, s.rekey == 0 ? 1 : 2);
     if (out)
         *out = s;
     if (s.ulp)

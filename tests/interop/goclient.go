@@ -1,12 +1,14 @@
-// A fourth TLS client for the interoperability suite: Go's crypto/tls, standard library only.
+// A client for the interoperability suite: Go's crypto/tls under net/http, standard library only.
 //
 // usage: goclient -connect HOST:PORT -version 1.2|1.3 -cipher AES-128-GCM|AES-256-GCM|CHACHA20-POLY1305
 //
-//	[-servername NAME] [-ca FILE]
+//	[-servername NAME] [-ca FILE] PATH...
 //
-// Like the other clients it reads one line from stdin, sends it, and prints what comes back with
-// the negotiated version and suite. It prints the echo only when the handshake negotiated exactly
-// the version and cipher asked for, so a test that looks for its token also checks those.
+// Downloads https://HOST:PORT/PATH for each PATH in turn with net/http's Transport, which keeps
+// one connection alive between them, and prints "body STATUS LENGTH SHA256" for each, then
+// "connections N" with the negotiated version and suite. It exits 1, saying why, if a handshake
+// negotiated anything but the version and suite asked for, a body is shorter than its
+// Content-Length, or the Transport had to dial more than once.
 //
 // TLS 1.2 suites come from Config.CipherSuites. Go offers no setting for TLS 1.3 suites: the
 // client always offers its three built-in ones (and no GODEBUG option changes that; cpu.aes=off
@@ -17,14 +19,17 @@
 package main
 
 import (
-	"bufio"
+	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"flag"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
+	"sync/atomic"
 	"time"
 	_ "unsafe" // go:linkname
 )
@@ -63,7 +68,7 @@ func main() {
 	servername := flag.String("servername", "localhost", "SNI and the name the certificate must carry")
 	ca := flag.String("ca", "", "PEM certificate to verify the server against (default: no verification)")
 	flag.Parse()
-	if *connect == "" || flag.NArg() != 0 {
+	if *connect == "" || flag.NArg() == 0 {
 		flag.Usage()
 		os.Exit(2)
 	}
@@ -100,44 +105,49 @@ func main() {
 		}
 	}
 
-	raw, err := net.DialTimeout("tcp", *connect, 60*time.Second)
-	if err != nil {
-		fail("%v", err)
+	// HTTP/1.1 only (a custom TLSClientConfig leaves HTTP/2 off), no transparent gzip: the bytes
+	// hashed are the file's. Every dial is counted.
+	var dials int32
+	dialer := &net.Dialer{Timeout: 60 * time.Second}
+	tr := &http.Transport{
+		TLSClientConfig:    cfg,
+		DisableCompression: true,
+		MaxConnsPerHost:    1,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			atomic.AddInt32(&dials, 1)
+			return dialer.DialContext(ctx, network, addr)
+		},
 	}
-	conn := tls.Client(raw, cfg)
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(60 * time.Second))
-	if err := conn.Handshake(); err != nil {
-		fail("handshake: %v", err)
+	client := &http.Client{Transport: tr, Timeout: 120 * time.Second}
+	var st *tls.ConnectionState
+	for _, path := range flag.Args() {
+		resp, err := client.Get("https://" + *connect + "/" + path)
+		if err != nil {
+			fail("GET /%s: %v", path, err)
+		}
+		st = resp.TLS
+		if st == nil || st.Version != cfg.MaxVersion || st.CipherSuite != want {
+			if st == nil {
+				fail("GET /%s: no TLS", path)
+			}
+			fail("negotiated %s %s, wanted TLS %s %s", versionName(st.Version),
+				tls.CipherSuiteName(st.CipherSuite), *version, tls.CipherSuiteName(want))
+		}
+		h := sha256.New()
+		n, err := io.Copy(h, resp.Body)
+		resp.Body.Close()
+		fmt.Printf("body %d %d %x\n", resp.StatusCode, n, h.Sum(nil))
+		if err != nil {
+			fail("GET /%s: body after %d bytes: %v", path, n, err)
+		}
+		if n != resp.ContentLength {
+			fail("GET /%s: %d body bytes, Content-Length %d", path, n, resp.ContentLength)
+		}
 	}
-	st := conn.ConnectionState()
-	if st.Version != cfg.MaxVersion || st.CipherSuite != want {
-		fail("negotiated %s %s, wanted TLS %s %s", versionName(st.Version),
-			tls.CipherSuiteName(st.CipherSuite), *version, tls.CipherSuiteName(want))
+	fmt.Printf("connections %d %s %s\n", dials, versionName(st.Version), tls.CipherSuiteName(st.CipherSuite))
+	if dials != 1 {
+		fail("dialled %d connections for %d requests", dials, flag.NArg())
 	}
-
-	line, err := bufio.NewReader(os.Stdin).ReadString('\n')
-	if err != nil {
-		fail("stdin: %v", err)
-	}
-	if _, err := io.WriteString(conn, line); err != nil {
-		fail("write: %v", err)
-	}
-	got := make([]byte, len(line))
-	if _, err := io.ReadFull(conn, got); err != nil {
-		fail("read: %v (got %q)", err, got)
-	}
-	if string(got) != line {
-		fail("echoed %q, sent %q", got, line)
-	}
-	fmt.Printf("%s %s %s\n", got[:len(got)-1], versionName(st.Version), tls.CipherSuiteName(st.CipherSuite))
-
-	// close_notify, then wait for the server to close too (its own close_notify, or EOF).
-	if err := conn.CloseWrite(); err != nil {
-		fail("close_notify: %v", err)
-	}
-	conn.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := io.Copy(io.Discard, conn); err != nil {
-		fmt.Fprintf(os.Stderr, "goclient: after close_notify: %v\n", err)
-	}
+	// Closes the idle connection: close_notify, then the socket.
+	tr.CloseIdleConnections()
 }
