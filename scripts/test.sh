@@ -86,7 +86,7 @@ run_suite acceptor-host build/results/acceptor-host.tap build/asan/tests/ktla-ac
 tally acceptor-host build/results/acceptor-host.tap lenient
 grep -vE '^(ok|TAP|1\.\.|#)' build/results/acceptor-host.tap | head -40 || true
 
-echo "== interoperability on this machine (openssl s_client, gnutls-cli)"
+echo "== interoperability on this machine: s_client, curl, gnutls-cli, Python ssl, Go crypto/tls downloading from ktla-serve"
 # A kernel with TLS loaded has /proc/net/tls_stat; then the host connections must be offloaded too.
 host_mode=userspace
 [ -r /proc/net/tls_stat ] && host_mode=kernel
@@ -101,10 +101,21 @@ tests/serve/serve.sh build/asan "$host_mode" >build/results/serve-host.tap 2>&1 
 grep -E '^not ok' -A8 build/results/serve-host.tap | head -40 || true
 tally serve-host build/results/serve-host.tap lenient
 
+echo "== ktla-serve against hostile clients, a good client downloading throughout"
+tests/serve/hostile.sh build/asan "$host_mode" >build/results/hostile-host.tap 2>&1 || true
+grep -E '^not ok' -A8 build/results/hostile-host.tap | head -40 || true
+grep -E '^# (main server (descriptors|VmRSS)|good client|storms|whole suite)' build/results/hostile-host.tap || true
+tally hostile-host build/results/hostile-host.tap lenient
+
 echo "== benchmark harness smoke test (ktla-bench against ktla-serve and ktla-echo)"
 bench/smoke.sh build/asan >build/results/bench-smoke.tap 2>&1 || true
 grep -E '^not ok' -A8 build/results/bench-smoke.tap | head -40 || true
 tally bench-smoke build/results/bench-smoke.tap lenient
+
+echo "== ktla-serve end to end under valgrind memcheck (errors, leaks, descriptors)"
+tests/serve/valgrind.sh build >build/results/valgrind.tap 2>&1 || true
+grep -E '^not ok' -A30 build/results/valgrind.tap | head -60 || true
+tally valgrind build/results/valgrind.tap strict
 
 echo "== fuzzing, briefly (scripts/fuzz.sh runs it long)"
 if scripts/fuzz.sh "${KTLA_FUZZ_SECONDS:-30}" >build/results/fuzz.log 2>&1; then
@@ -119,8 +130,9 @@ summaries+=("$fuzz_line")
 if [ "${KTLA_SKIP_GUEST:-}" = 1 ] && [ "${CI:-}" != "true" ]; then
     summaries+=("guest: not run (KTLA_SKIP_GUEST=1)")
 else
-    echo "== inside the guest kernel (kernel TLS mandatory): kernel, acceptor, interop, serve"
-    rm -f build/vm/kernel.tap build/vm/acceptor.tap build/vm/interop.tap build/vm/serve.tap
+    echo "== inside the guest kernel (kernel TLS mandatory): kernel, acceptor, interop, serve, hostile"
+    rm -f build/vm/kernel.tap build/vm/acceptor.tap build/vm/interop.tap build/vm/serve.tap \
+        build/vm/hostile.tap
     start=$(date +%s)
     if ! scripts/vm.sh -- env ASAN_OPTIONS="$ASAN_OPTIONS" UBSAN_OPTIONS="$UBSAN_OPTIONS" \
         scripts/guest-suites.sh build/asan build/vm >build/results/guest-console.log 2>&1; then
@@ -130,11 +142,36 @@ else
     fi
     echo "  guest run: $(($(date +%s) - start)) s"
     sanitizer_check guest build/results/guest-console.log
-    for suite in kernel acceptor interop serve; do
+    for suite in kernel acceptor interop serve hostile; do
         [ -f "build/vm/$suite.tap" ] || : >"build/vm/$suite.tap"
         cp "build/vm/$suite.tap" "build/results/$suite-guest.tap"
         grep -E '^not ok' -A8 "build/vm/$suite.tap" | head -40 || true
         tally "$suite-guest" "build/results/$suite-guest.tap" strict
+    done
+fi
+
+if [ "${KTLA_SKIP_GUEST:-}" != 1 ] || [ "${CI:-}" = "true" ]; then
+    # 6.1 cannot follow a TLS 1.3 KeyUpdate; 6.14+ can, and ktla then rekeys the kernel: the
+    # kernel-mode suites again on Debian's 6.17 (fetched and verified once, scripts/kernel-fetch.sh).
+    echo "== inside a 6.17 guest kernel (rekeying): kernel, acceptor, serve"
+    out617=build/vm617
+    mkdir -p $out617
+    rm -f $out617/*.tap
+    start=$(date +%s)
+    if ! scripts/vm.sh --kernel 6.17 --out $out617 -- env ASAN_OPTIONS="$ASAN_OPTIONS" \
+        UBSAN_OPTIONS="$UBSAN_OPTIONS" scripts/guest-rekey-suites.sh build/asan $out617 \
+        >build/results/guest617-console.log 2>&1; then
+        echo "guest 6.17: a suite or the guest failed; end of the console log:" >&2
+        tail -n 30 build/results/guest617-console.log >&2
+        status=1
+    fi
+    echo "  guest 6.17 run: $(($(date +%s) - start)) s; $(grep -aE 'TlsRxRekeyOk|TlsTxRekeyOk' build/results/guest617-console.log | tr -s ' \t' ' ' | tr '\n' ' ')"
+    sanitizer_check guest617 build/results/guest617-console.log
+    for suite in kernel acceptor serve; do
+        [ -f "$out617/$suite.tap" ] || : >"$out617/$suite.tap"
+        cp "$out617/$suite.tap" "build/results/$suite-guest617.tap"
+        grep -E '^not ok' -A8 "$out617/$suite.tap" | head -40 || true
+        tally "$suite-guest-6.17" "build/results/$suite-guest617.tap" strict
     done
 fi
 
