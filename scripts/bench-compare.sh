@@ -208,7 +208,7 @@ workloads=(
     "resumed handshake + 1 KiB GET|-m handshake --resume -c 32 /1k.bin|server_cpu_us_per_handshake|server CPU µs per connection|0.5|resumed handshake"
     "64 KiB GET, keep-alive|-m get -c 16 /64k.bin|server_cpu_us_per_request|server CPU µs per request||64 KiB GET"
     "100 MiB download|-m download -c 2 /100m.bin|server_cpu_ms_per_mib|server CPU ms per MiB|$download_target|100 MiB download"
-    "$idle_conns idle connections|-m idle -c $idle_conns --max-connecting 1000 /1k.bin|server_rss_bytes_per_conn|server RSS bytes per connection||idle: memory"
+    "$idle_conns idle connections|-m idle -c $idle_conns --max-connecting 50 /1k.bin|server_rss_bytes_per_conn|server RSS bytes per connection||idle: memory"
 )
 
 # The two sides: A is always ktla-serve; B is nginx, or ktla-serve with the other body path.

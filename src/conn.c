@@ -47,8 +47,7 @@ void ktla_conn_destroy(struct ktla_conn *c)
         SSL_free(c->ssl);
     if (c->early)
         OPENSSL_clear_free(c->early, c->early_len);
-    if (c->raw)
-        OPENSSL_clear_free(c->raw, c->raw_cap);
+    free(c->raw); /* ciphertext only: nothing to wipe */
     free(c->enc);
     free(c->sni);
     if (c->chunk)
@@ -267,6 +266,38 @@ static void on_recv(struct ktla_conn *c, int res)
     recv_done(c, ktla_ktls_error(-res, KTLA_OP_IO));
 }
 
+/*
+ * Userspace mode, the application waiting idle: gives back the buffers the last request used
+ * (the receive buffer, the ciphertext and file buffers, and the memory BIOs, which only ever
+ * grow), tens of kilobytes per connection. Each comes back when it is needed.
+ */
+static void us_trim(struct ktla_conn *c)
+{
+    free(c->raw);
+    c->raw = NULL;
+    c->raw_cap = 0;
+    if (c->sbusy || !c->ssl)
+        return;
+    free(c->enc);
+    c->enc = NULL;
+    c->enc_cap = c->enc_len = c->enc_off = 0;
+    if (c->chunk) {
+        OPENSSL_clear_free(c->chunk, TLS_CHUNK);
+        c->chunk = NULL;
+    }
+    BIO *rbio = SSL_get_rbio(c->ssl), *wbio = SSL_get_wbio(c->ssl);
+    if (BIO_ctrl_pending(rbio) == 0 && BIO_ctrl_pending(wbio) == 0) {
+        BIO *r = BIO_new(BIO_s_mem()), *w = BIO_new(BIO_s_mem());
+        if (r && w) {
+            BIO_set_mem_eof_return(r, -1); /* empty means "more later", as in the handshake */
+            SSL_set_bio(c->ssl, r, w);     /* frees the old pair */
+        } else {
+            BIO_free(r);
+            BIO_free(w);
+        }
+    }
+}
+
 int ktla_conn_recv_ready(struct ktla_conn *c, ktla_io_cb cb, void *arg)
 {
     if (!c || !cb)
@@ -283,10 +314,13 @@ int ktla_conn_recv_ready(struct ktla_conn *c, ktla_io_cb cb, void *arg)
      * bytes that are already here). */
     if ((c->early && c->early_off < c->early_len) || c->peer_closed ||
         (c->info.rx_mode == KTLA_MODE_USERSPACE && c->ssl &&
-         (SSL_has_pending(c->ssl) || BIO_ctrl_pending(SSL_get_rbio(c->ssl)) > 0)))
+         (SSL_has_pending(c->ssl) || BIO_ctrl_pending(SSL_get_rbio(c->ssl)) > 0))) {
         io_uring_prep_nop(sqe);
-    else
+    } else {
         io_uring_prep_poll_add(sqe, c->fd, POLLIN);
+        if (c->info.rx_mode == KTLA_MODE_USERSPACE && c->ssl)
+            us_trim(c);
+    }
     submit(c, sqe, &c->rop, KTLA_OP_RECV_READY);
     c->rbuf = NULL;
     c->rlen = 0;

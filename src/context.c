@@ -18,6 +18,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -31,6 +32,7 @@
 
 #include "context.h"
 #include "keys.h"
+#include "ktls.h"
 
 _Static_assert(KTLA_TLS1_2 == TLS1_2_VERSION && KTLA_TLS1_3 == TLS1_3_VERSION,
                "ktla versions are the wire versions, as OpenSSL's are");
@@ -451,8 +453,33 @@ static int use_certificate(SSL_CTX *sc, const struct ktla_cert_config *cc)
     return SSL_CTX_check_private_key(sc) == 1 ? 0 : KTLA_ECERT;
 }
 
-/* One server SSL_CTX with the context's settings and one certificate. */
-static int ssl_ctx_new(struct common *c, const struct ktla_cert_config *cc, SSL_CTX **out)
+/*
+ * Whether this kernel has no TLS at all, in which case every connection stays in userspace and
+ * the acceptor decides so before it derives any key: the TLS 1.3 secrets need not be captured.
+ * Capturing them is not free: for any keylog callback OpenSSL formats five secrets in hex, about
+ * 230,000 instructions per handshake (8% of a full one, 9% of a resumed one). TCP_ULP "tls" on a
+ * socket that is not connected fails with ENOENT (KTLA_ENOKTLS) only when the kernel has no such
+ * ULP and could not load one; a kernel that has it fails later, with ENOTCONN. Any other answer,
+ * a failed socket() included, keeps the capture.
+ */
+static bool kernel_has_no_tls(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    bool none;
+
+    if (fd < 0)
+        return false;
+    none = ktla_ktls_attach(fd) == KTLA_ENOKTLS;
+    close(fd);
+    return none;
+}
+
+/*
+ * One server SSL_CTX with the context's settings and one certificate; `capture_secrets`: keep the
+ * TLS 1.3 traffic secrets for the kernel (ktla_keys_init_ctx).
+ */
+static int ssl_ctx_new(struct common *c, const struct ktla_cert_config *cc, bool capture_secrets,
+                       SSL_CTX **out)
 {
     SSL_CTX *sc;
     uint64_t options = SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
@@ -481,7 +508,7 @@ static int ssl_ctx_new(struct common *c, const struct ktla_cert_config *cc, SSL_
         SSL_CTX_set_tlsext_ticket_key_evp_cb(sc, ticket_key_cb) != 1 ||
         /* The kernel needs the TLS 1.3 traffic secrets, which OpenSSL only hands to a keylog
          * callback; every SSL_CTX a handshake may be switched to by SNI must have it. */
-        ktla_keys_init_ctx(sc) != 0)
+        (capture_secrets && ktla_keys_init_ctx(sc) != 0))
         goto free_ssl_ctx;
     SSL_CTX_set_options(sc, options);
     SSL_CTX_set_mode(sc, SSL_MODE_RELEASE_BUFFERS);
@@ -501,17 +528,23 @@ free_ssl_ctx:
     return ret;
 }
 
-/* One certificate generation: the default SSL_CTX, owning the SNI ones when there are any. */
+/*
+ * One certificate generation: the default SSL_CTX, owning the SNI ones when there are any. The
+ * kernel is asked again for each generation, so a reload (SIGHUP in ktla-serve) notices a TLS
+ * module loaded since the last one.
+ */
 static int ssl_ctxs_new(struct common *c, const struct ktla_cert_config *certs, size_t ncerts,
                         SSL_CTX **out)
 {
     struct sni_set *set;
     SSL_CTX *def;
+    bool capture;
     int ret;
 
     if (!certs || ncerts == 0)
         return KTLA_EINVAL;
-    ret = ssl_ctx_new(c, &certs[0], &def);
+    capture = !kernel_has_no_tls();
+    ret = ssl_ctx_new(c, &certs[0], capture, &def);
     if (ret < 0)
         goto clear_errors;
     if (ncerts > 1) {
@@ -527,7 +560,7 @@ static int ssl_ctxs_new(struct common *c, const struct ktla_cert_config *certs, 
         }
         /* From here on, freeing the default frees the set and the SSL_CTXs already in it. */
         for (size_t i = 1; i < ncerts; i++) {
-            ret = ssl_ctx_new(c, &certs[i], &set->ssl_ctx[i]);
+            ret = ssl_ctx_new(c, &certs[i], capture, &set->ssl_ctx[i]);
             if (ret < 0)
                 goto free_default;
             set->n++;

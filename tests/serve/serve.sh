@@ -309,6 +309,8 @@ url=$main_url
 # clear KTLA_ENOREKEY and a log line, never garbage.
 ku_expect=followed
 [ "$expect" = kernel ] && grep -q 'KeyUpdate ends the connection' "$log" && ku_expect=ended
+# Where the connection ends, s_client exits and a write into its FIFO would kill this script.
+trap '' PIPE
 for cmd in k K; do
     # Step by step through a FIFO, each step waiting for the answer to the last (no sleeps: the
     # guest may take seconds per handshake).
@@ -341,6 +343,7 @@ for cmd in k K; do
     fi
     [ "$answers" = 2 ] || [ $ku_expect = ended ] || echo "$ku" | tail -n 15 | sed 's/^/#   /'
 done
+trap - PIPE
 
 # ---- SIGHUP: new certificate and ticket keys, shared between two servers
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
