@@ -97,12 +97,41 @@ static void arm_timer(struct ktla_acceptor *acc)
 /* ---- ending a handshake */
 
 /* Leaves the handshake phase: off the deadline list, out of the in-flight count. */
+static void hs_start(struct ktla_acceptor *acc, int fd);
+
 static void hs_leave(struct ktla_conn *c)
 {
     struct ktla_acceptor *acc = c->acc;
     dl_remove(acc, c);
     acc->stats.in_flight--;
-    arm_accept(acc);
+    /* A slot is free: a connection accepted over the cap goes first. */
+    struct ktla_parked *p = acc->parked_head;
+    if (p && !acc->freeing) {
+        acc->parked_head = p->next;
+        if (!acc->parked_head)
+            acc->parked_tail = NULL;
+        int fd = p->fd;
+        free(p);
+        hs_start(acc, fd);
+    }
+    arm_accept(acc); /* (does nothing while the cap is reached) */
+}
+
+/* Over the cap: keeps the descriptor for the next free slot (closes it if even that fails). */
+static void park(struct ktla_acceptor *acc, int fd)
+{
+    struct ktla_parked *p = malloc(sizeof(*p));
+    if (!p) {
+        close(fd);
+        return;
+    }
+    p->fd = fd;
+    p->next = NULL;
+    if (acc->parked_tail)
+        acc->parked_tail->next = p;
+    else
+        acc->parked_head = p;
+    acc->parked_tail = p;
 }
 
 static void hs_fail(struct ktla_conn *c, int code)
@@ -281,14 +310,22 @@ static void hs_progress(struct ktla_conn *c)
 
     if (c->hs_failed)
         return;
+    if (hs->state == KTLA_HS_FAILED) {
+        /* The alert OpenSSL wrote goes out now, straight from here: a send submitted to the
+         * ring would still be queued when hs_fail shuts the socket down, and the client would
+         * see the connection end without being told why. Best effort: it is a few bytes into an
+         * empty socket buffer. */
+        if (hs->out_len && !c->sbusy)
+            (void)!send(c->fd, hs->out, hs->out_len, MSG_DONTWAIT | MSG_NOSIGNAL);
+        hs_fail(c, hs->error);
+        return;
+    }
     if (hs->out_len && !c->sbusy)
         hs_submit_send(c);
     if (c->hs_failed)
         return;
     switch (hs->state) {
     case KTLA_HS_FAILED:
-        /* The alert OpenSSL wrote is on its way (above); the close follows its completion. */
-        hs_fail(c, hs->error);
         return;
     case KTLA_HS_RUNNING:
         if (!c->rbusy)
@@ -416,6 +453,8 @@ void ktla_acceptor_complete(struct ktla_op *op, struct io_uring_cqe *cqe)
         if (cqe->res >= 0) {
             if (acc->freeing)
                 close(cqe->res);
+            else if (acc->stats.in_flight >= acc->cfg.max_handshakes)
+                park(acc, cqe->res);
             else
                 hs_start(acc, cqe->res);
         } else if (cqe->res != -ECANCELED) {
@@ -566,6 +605,13 @@ void ktla_acceptor_free(struct ktla_acceptor *acc)
     if (!acc)
         return;
     acc->freeing = true;
+    while (acc->parked_head) {
+        struct ktla_parked *p = acc->parked_head;
+        acc->parked_head = p->next;
+        close(p->fd);
+        free(p);
+    }
+    acc->parked_tail = NULL;
     if (acc->accept_armed)
         pause_accept(acc);
     while (acc->dl_head)

@@ -706,8 +706,13 @@ static void tick(struct worker *w)
 
     for (struct sconn *c = w->conns, *next; c; c = next) {
         next = c->next;
+        /* A request head must arrive whole within the idle timeout of its first byte, or a
+         * byte every few seconds would hold a connection for ever (HTTP slowloris). */
         bool expired =
-            c->state == S_LINGER ? now >= c->linger_until_ns : now - c->active_ns >= idle;
+            c->state == S_LINGER ? now >= c->linger_until_ns
+                                 : now - c->active_ns >= idle ||
+                                       (c->state == S_READ && c->req_start_ns &&
+                                        now - c->req_start_ns >= idle);
         if (expired || (w->draining && now >= w->drain_deadline_ns))
             conn_close(c);
     }
