@@ -107,7 +107,15 @@ servers=()
 [ ${#servers[@]} -gt 0 ] || tap FAIL "a server to run against" "neither ktla-serve nor ktla-echo in $build"
 
 for server in "${servers[@]}"; do
-    if ! start_server "$server"; then
+    # A port found free may be taken before the server binds it (other jobs share the
+    # machine): a server that fails to start gets two more ports.
+    started=no
+    for _ in 1 2 3; do
+        if start_server "$server"; then started=yes; break; fi
+        grep -q 'Address already in use' "$work/$server.log" || break
+        stop_server
+    done
+    if [ $started = no ]; then
         tap FAIL "$server starts" "$(tail -n 5 "$work/$server.log")"
         stop_server
         continue

@@ -106,9 +106,10 @@ int main(int argc, char **argv)
                                .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     int one = 1, lfd = socket(AF_INET, SOCK_STREAM, 0);
     setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (bind(lfd, (struct sockaddr *)&addr, sizeof(addr)) < 0 || listen(lfd, 512) < 0) {
+    if (lfd < 0 || bind(lfd, (struct sockaddr *)&addr, sizeof(addr)) < 0 ||
+        listen(lfd, 512) < 0) {
         perror("ktla-echo: listen");
-        return 1;
+        goto err_close;
     }
 
     struct ktla_acceptor_config ac = {
@@ -124,7 +125,7 @@ int main(int argc, char **argv)
     ret = ktla_acceptor_new(&ac, &acc);
     if (ret < 0) {
         fprintf(stderr, "ktla-echo: %s\n", ktla_strerror(ret));
-        return 1;
+        goto err_close;
     }
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
@@ -137,4 +138,10 @@ int main(int argc, char **argv)
     ktla_ctx_free(ctx);
     close(lfd);
     return 0;
+
+err_close:
+    if (lfd >= 0)
+        close(lfd);
+    ktla_ctx_free(ctx);
+    return 1;
 }
