@@ -97,41 +97,12 @@ static void arm_timer(struct ktla_acceptor *acc)
 /* ---- ending a handshake */
 
 /* Leaves the handshake phase: off the deadline list, out of the in-flight count. */
-static void hs_start(struct ktla_acceptor *acc, int fd);
-
 static void hs_leave(struct ktla_conn *c)
 {
     struct ktla_acceptor *acc = c->acc;
     dl_remove(acc, c);
     acc->stats.in_flight--;
-    /* A slot is free: a connection accepted over the cap goes first. */
-    struct ktla_parked *p = acc->parked_head;
-    if (p && !acc->freeing) {
-        acc->parked_head = p->next;
-        if (!acc->parked_head)
-            acc->parked_tail = NULL;
-        int fd = p->fd;
-        free(p);
-        hs_start(acc, fd);
-    }
-    arm_accept(acc); /* (does nothing while the cap is reached) */
-}
-
-/* Over the cap: keeps the descriptor for the next free slot (closes it if even that fails). */
-static void park(struct ktla_acceptor *acc, int fd)
-{
-    struct ktla_parked *p = malloc(sizeof(*p));
-    if (!p) {
-        close(fd);
-        return;
-    }
-    p->fd = fd;
-    p->next = NULL;
-    if (acc->parked_tail)
-        acc->parked_tail->next = p;
-    else
-        acc->parked_head = p;
-    acc->parked_tail = p;
+    arm_accept(acc);
 }
 
 static void hs_fail(struct ktla_conn *c, int code)
@@ -453,8 +424,6 @@ void ktla_acceptor_complete(struct ktla_op *op, struct io_uring_cqe *cqe)
         if (cqe->res >= 0) {
             if (acc->freeing)
                 close(cqe->res);
-            else if (acc->stats.in_flight >= acc->cfg.max_handshakes)
-                park(acc, cqe->res);
             else
                 hs_start(acc, cqe->res);
         } else if (cqe->res != -ECANCELED) {
@@ -605,13 +574,6 @@ void ktla_acceptor_free(struct ktla_acceptor *acc)
     if (!acc)
         return;
     acc->freeing = true;
-    while (acc->parked_head) {
-        struct ktla_parked *p = acc->parked_head;
-        acc->parked_head = p->next;
-        close(p->fd);
-        free(p);
-    }
-    acc->parked_tail = NULL;
     if (acc->accept_armed)
         pause_accept(acc);
     while (acc->dl_head)

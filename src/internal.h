@@ -118,12 +118,6 @@ struct ktla_acceptor {
     bool accept_armed, accept_cancelling, timer_armed, freeing;
     struct __kernel_timespec timer_ts;
     struct ktla_conn *dl_head, *dl_tail;
-    /* Accepted over the cap: the multishot accept may deliver a few more before its
-     * cancellation lands. They wait here, descriptors only, as they would in the backlog. */
-    struct ktla_parked {
-        int fd;
-        struct ktla_parked *next;
-    } *parked_head, *parked_tail;
     struct ktla_acceptor_stats stats;
     unsigned inflight; /* acceptor-level ops in flight */
 };
