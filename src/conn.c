@@ -168,7 +168,7 @@ static void rekey_tx(struct ktla_conn *c);
  * decrypting after it until they get the next receive key; older ones cannot take one, and the
  * connection cannot go on. The update is invisible to the application: its receive continues.
  */
-static void kernel_key_update(struct ktla_conn *c, const uint8_t *msg, ssize_t n)
+static void kernel_key_update(struct ktla_conn *c, const uint8_t *msg)
 {
     struct ktla_rekey *rk = c->rk;
     struct ktla_key k;
@@ -195,7 +195,6 @@ static void kernel_key_update(struct ktla_conn *c, const uint8_t *msg, ssize_t n
         rk->tx_due = true;
         rekey_tx(c);
     }
-    (void)n;
     if (recv_submit_socket(c, c->rbuf, c->rlen) < 0)
         recv_done(c, -EBUSY);
 }
@@ -224,7 +223,7 @@ static void kernel_control_record(struct ktla_conn *c)
     /* A KeyUpdate changes keys, so it must end its record (RFC 8446 §5.1): exactly one, whole. */
     if (type == KTLA_RT_HANDSHAKE && n == 5 && buf[0] == 24 /* key_update */ && buf[1] == 0 &&
         buf[2] == 0 && buf[3] == 1 && buf[4] <= 1 && c->info.version == KTLA_TLS1_3)
-        return kernel_key_update(c, buf, n);
+        return kernel_key_update(c, buf);
     /* A client sends nothing else after a TLS 1.3 handshake (RFC 8446 §4.6), and renegotiation
      * is off for TLS 1.2: anything else is answered as the RFC says, then the connection ends. */
     static const uint8_t unexpected_message[2] = {2, 10};
@@ -477,15 +476,7 @@ static void splice_step(struct ktla_conn *c)
         in->flags |= IOSQE_IO_LINK;
         submit(c, in, &sp->in_op, KTLA_OP_SPLICE_IN);
     }
-    out = io_uring_get_sqe(c->ring);
-    if (!out) { /* cannot happen after the check above; end the send once the read is back */
-        if (!in)
-            return send_done(c, -EBUSY);
-        in->flags &= (uint8_t)~IOSQE_IO_LINK;
-        sp->pending = 1;
-        sp->out_res = -EBUSY;
-        return;
-    }
+    out = io_uring_get_sqe(c->ring); /* there is room: checked above */
     /* MORE while the file goes on: the kernel then fills whole records across steps. */
     io_uring_prep_splice(out, sp->r, -1, c->fd, -1, (unsigned)n, n < left ? SPLICE_F_MORE : 0);
     submit(c, out, &c->wop, KTLA_OP_SPLICE_OUT);
@@ -516,8 +507,6 @@ static void on_splice(struct ktla_conn *c, enum ktla_op_kind kind, int res)
         if (!submit_pollout(c))
             send_done(c, -EBUSY);
         return;
-    } else if (sp->out_res == -EBUSY) {
-        return send_done(c, -EBUSY);
     } else if (sp->out_res == -ECANCELED && !sp->fill) {
         /* The read got nothing: the file is shorter than promised. */
         return send_done(c, -ENODATA);
