@@ -252,6 +252,10 @@ struct ktla_conn_info {
     uint64_t handshake_ns;    /* accept to hand-over */
     uint32_t key_updates_rx;  /* TLS 1.3 KeyUpdates followed in kernel mode: the peer's, */
     uint32_t key_updates_tx;  /* and ours (sent because the peer asked) */
+    uint64_t bytes_sent;      /* application bytes sent so far (kernel mode: taken by the socket;
+                                 userspace: encrypted, once the previous ciphertext was sent).
+                                 It moves while one long send or sendfile is under way, so an
+                                 idle timeout can tell a slow reader from a stalled one. */
     char peer[64];            /* "ADDR:PORT" of the client */
 };
 

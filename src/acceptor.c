@@ -1,7 +1,8 @@
 /*
- * The acceptor: multishot accept, then per connection the handshake core driven by io_uring
- * receives and sends, a deadline, and at the end the keys into the kernel and the connection to
- * the application. Nothing here blocks; every socket read and write is an io_uring submission.
+ * The acceptor: a few single-shot accepts, then per connection the handshake core driven by
+ * io_uring receives and sends, a deadline, and at the end the keys into the kernel and the
+ * connection to the application. Nothing here blocks; every socket read and write is an io_uring
+ * submission.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -102,6 +103,7 @@ static void hs_leave(struct ktla_conn *c)
     struct ktla_acceptor *acc = c->acc;
     dl_remove(acc, c);
     acc->stats.in_flight--;
+    acc->accept_stalled = false; /* a descriptor may have been freed */
     arm_accept(acc);
 }
 
@@ -163,7 +165,7 @@ static void hs_handover(struct ktla_conn *c)
     else if (cipher < 0)
         reason = KTLA_ENOCIPHER;
     if (!reason)
-        reason = ktla_ktls_attach(c->fd);
+        reason = c->ulp;
     if (!reason)
         reason = ktla_hs_keys(hs, &tx, &rx);
     if (!reason)
@@ -357,6 +359,11 @@ static void hs_start(struct ktla_acceptor *acc, int fd)
      * second until the client's delayed ACK, some 40 ms later. */
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    /* The TLS ULP goes on now, not at the hand-over: the kernel takes it only on an ESTABLISHED
+     * socket, and a client that sends its request and shuts down its side right after its
+     * Finished has put ours in CLOSE_WAIT by then (the keys themselves are taken in any state).
+     * Until the keys are set, the ULP passes every read and write straight to TCP. */
+    c->ulp = acc->cfg.ktls == KTLA_KTLS_OFF ? KTLA_EDISABLED : ktla_ktls_attach(fd);
     acc->stats.in_flight++;
     dl_append(acc, c);
     arm_timer(acc);
@@ -378,31 +385,60 @@ err_close:
 
 /* ---- acceptor-level completions */
 
+/*
+ * Accepts are single-shot, at most ACCEPT_DEPTH armed at once and never more than the handshake
+ * cap leaves room for. A multishot accept hands over every connection in the backlog before a
+ * cancellation can land, so a burst overshot the cap; and a storm of thousands arrived as one
+ * batch of completions, each starting a handshake, while the answers to established connections
+ * waited behind them. This way a connection over the cap waits in the kernel's listen backlog,
+ * and each turn of the loop takes on at most ACCEPT_DEPTH new ones.
+ */
+#define ACCEPT_DEPTH 16
+#define ACCEPT_RETRY_MS 100
+
 static void arm_accept(struct ktla_acceptor *acc)
 {
-    if (acc->freeing || acc->accept_armed)
+    if (acc->freeing || acc->accept_stalled)
         return;
-    if (acc->stats.in_flight >= acc->cfg.max_handshakes)
-        return; /* re-armed when a handshake ends */
+    while (acc->accepts_armed < ACCEPT_DEPTH &&
+           acc->stats.in_flight + acc->accepts_armed < acc->cfg.max_handshakes) {
+        struct io_uring_sqe *sqe = ktla_ring_sqe(acc->ring);
+        if (!sqe)
+            return; /* the next completion or timer tries again */
+        io_uring_prep_accept(sqe, acc->cfg.listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        ktla_ring_tag(sqe, &acc->accept_op);
+        acc->accepts_armed++;
+        acc->inflight++;
+    }
+}
+
+/* Out of descriptors: no accept until one is freed (a handshake ends) or a pause has passed,
+ * since connections the application closes free descriptors without telling us. */
+static void stall_accept(struct ktla_acceptor *acc)
+{
+    acc->accept_stalled = true;
+    if (acc->retry_armed || acc->freeing)
+        return;
     struct io_uring_sqe *sqe = ktla_ring_sqe(acc->ring);
     if (!sqe)
         return;
-    io_uring_prep_multishot_accept(sqe, acc->cfg.listen_fd, NULL, NULL,
-                                   SOCK_NONBLOCK | SOCK_CLOEXEC);
-    ktla_ring_tag(sqe, &acc->accept_op);
-    acc->accept_armed = true;
+    acc->retry_ts.tv_sec = 0;
+    acc->retry_ts.tv_nsec = ACCEPT_RETRY_MS * 1000000LL;
+    io_uring_prep_timeout(sqe, &acc->retry_ts, 0, 0);
+    ktla_ring_tag(sqe, &acc->retry_op);
+    acc->retry_armed = true;
     acc->inflight++;
 }
 
-/* At the cap, stop taking connections: they wait in the listen backlog instead. */
-static void pause_accept(struct ktla_acceptor *acc)
+/* At the acceptor's end: every accept still armed is cancelled with one request. */
+static void cancel_accepts(struct ktla_acceptor *acc)
 {
-    if (!acc->accept_armed || acc->accept_cancelling)
+    if (!acc->accepts_armed || acc->accept_cancelling)
         return;
     struct io_uring_sqe *sqe = ktla_ring_sqe(acc->ring);
     if (!sqe)
         return;
-    io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)&acc->accept_op | 1, 0);
+    io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)&acc->accept_op | 1, IORING_ASYNC_CANCEL_ALL);
     ktla_ring_tag(sqe, &acc->cancel_op);
     acc->accept_cancelling = true;
     acc->inflight++;
@@ -417,23 +453,19 @@ void ktla_acceptor_complete(struct ktla_op *op, struct io_uring_cqe *cqe)
     switch (op->kind) {
     case KTLA_OP_ACCEPT: {
         struct ktla_acceptor *acc = op->acc;
-        if (!(cqe->flags & IORING_CQE_F_MORE)) {
-            acc->accept_armed = false;
-            acc->inflight--;
-        }
+        acc->accepts_armed--;
+        acc->inflight--;
         if (cqe->res >= 0) {
             if (acc->freeing)
                 close(cqe->res);
             else
                 hs_start(acc, cqe->res);
+        } else if (cqe->res == -EMFILE || cqe->res == -ENFILE) {
+            stall_accept(acc);
         } else if (cqe->res != -ECANCELED) {
             ktla_acceptor_log(acc, "ktla: accept failed: %s", ktla_strerror(cqe->res));
         }
-        if (acc->stats.in_flight >= acc->cfg.max_handshakes)
-            pause_accept(acc);
-        else if (!acc->accept_armed && cqe->res != -EMFILE && cqe->res != -ENFILE)
-            arm_accept(acc);
-        /* Out of descriptors: the deadline timer retries the accept when it next fires. */
+        arm_accept(acc);
         maybe_free_acceptor(acc);
         return;
     }
@@ -443,6 +475,15 @@ void ktla_acceptor_complete(struct ktla_op *op, struct io_uring_cqe *cqe)
         struct ktla_acceptor *acc = op->acc;
         acc->inflight--;
         acc->accept_cancelling = false;
+        maybe_free_acceptor(acc);
+        return;
+    }
+    case KTLA_OP_ACCEPT_RETRY: {
+        struct ktla_acceptor *acc = op->acc;
+        acc->inflight--;
+        acc->retry_armed = false;
+        acc->accept_stalled = false;
+        arm_accept(acc);
         maybe_free_acceptor(acc);
         return;
     }
@@ -522,6 +563,7 @@ int ktla_acceptor_new(const struct ktla_acceptor_config *cfg, struct ktla_accept
     acc->accept_op = (struct ktla_op){.kind = KTLA_OP_ACCEPT, .acc = acc};
     acc->timer_op = (struct ktla_op){.kind = KTLA_OP_TIMER, .acc = acc};
     acc->cancel_op = (struct ktla_op){.kind = KTLA_OP_CANCEL, .acc = acc};
+    acc->retry_op = (struct ktla_op){.kind = KTLA_OP_ACCEPT_RETRY, .acc = acc};
     acc->nop_op = (struct ktla_op){.kind = KTLA_OP_NOP, .acc = acc};
     ktla_ctx_ref(cfg->ctx);
     arm_accept(acc);
@@ -574,8 +616,14 @@ void ktla_acceptor_free(struct ktla_acceptor *acc)
     if (!acc)
         return;
     acc->freeing = true;
-    if (acc->accept_armed)
-        pause_accept(acc);
+    cancel_accepts(acc);
+    if (acc->retry_armed) {
+        struct io_uring_sqe *sqe = ktla_ring_sqe(acc->ring);
+        if (sqe) {
+            io_uring_prep_timeout_remove(sqe, (uint64_t)(uintptr_t)&acc->retry_op | 1, 0);
+            ktla_ring_tag(sqe, &acc->nop_op);
+        }
+    }
     while (acc->dl_head)
         hs_fail(acc->dl_head, KTLA_ECLOSED);
     if (acc->timer_armed) {

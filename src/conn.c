@@ -27,6 +27,13 @@
 
 static const uint8_t close_notify[2] = {1, 0};
 
+/* Bytes of the send in progress taken: counted for the application as well (info.bytes_sent). */
+static inline void sent(struct ktla_conn *c, size_t n)
+{
+    c->sdone += n;
+    c->info.bytes_sent += n;
+}
+
 bool ktla_conn_reap(struct ktla_conn *c)
 {
     if (c->state != KTLA_CONN_CLOSING || c->inflight)
@@ -401,7 +408,7 @@ static void kernel_sendfile_step(struct ktla_conn *c)
         size_t left = c->slen - c->sdone;
         ssize_t n = sendfile(c->fd, c->file_fd, &off, left);
         if (n > 0) {
-            c->sdone += (size_t)n;
+            sent(c, (size_t)n);
             slice += (size_t)n;
             /* Yield now and then, so one large file does not starve other connections. */
             if (slice >= SENDFILE_SLICE && c->sdone < c->slen) {
@@ -501,7 +508,7 @@ static void on_splice(struct ktla_conn *c, enum ktla_op_kind kind, int res)
         return send_done(c, sp->in_res);
     if (sp->out_res > 0) {
         sp->fill -= (size_t)sp->out_res;
-        c->sdone += (size_t)sp->out_res;
+        sent(c, (size_t)sp->out_res);
     } else if (sp->out_res == -EAGAIN) {
         /* The socket is full: wait for room, then the pipe's bytes go out first. */
         if (!submit_pollout(c))
@@ -628,7 +635,7 @@ static void us_send_step(struct ktla_conn *c)
     int ret = us_encrypt(c, c->sbuf + c->sdone, n);
     if (ret < 0)
         return send_done(c, ret);
-    c->sdone += n;
+    sent(c, n);
     us_send_step(c);
 }
 
@@ -639,7 +646,7 @@ static void on_file_read(struct ktla_conn *c, int res)
     int ret = us_encrypt(c, c->chunk, (size_t)res);
     if (ret < 0)
         return send_done(c, ret);
-    c->sdone += (size_t)res;
+    sent(c, (size_t)res);
     us_send_step(c);
 }
 
@@ -651,7 +658,7 @@ static void on_send(struct ktla_conn *c, int res)
         c->enc_off += (size_t)res;
         return us_send_step(c);
     }
-    c->sdone += (size_t)res;
+    sent(c, (size_t)res);
     if (c->sdone < c->slen) {
         if (!submit_send(c, c->sbuf + c->sdone, c->slen - c->sdone))
             send_done(c, -EBUSY);
@@ -694,7 +701,7 @@ int ktla_conn_send(struct ktla_conn *c, const void *buf, size_t len, ktla_io_cb 
     ret = us_encrypt(c, buf, len < TLS_CHUNK ? len : TLS_CHUNK);
     if (ret < 0)
         return ret;
-    c->sdone = len < TLS_CHUNK ? len : TLS_CHUNK;
+    sent(c, len < TLS_CHUNK ? len : TLS_CHUNK);
     if (!submit_send(c, c->enc, c->enc_len))
         return -EBUSY;
     c->sbusy = true;

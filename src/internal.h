@@ -14,7 +14,8 @@
 enum ktla_op_kind {
     KTLA_OP_ACCEPT,
     KTLA_OP_TIMER,
-    KTLA_OP_CANCEL,  /* the cancellation of the multishot accept */
+    KTLA_OP_CANCEL,  /* the cancellation of the accepts still armed, at the acceptor's end */
+    KTLA_OP_ACCEPT_RETRY, /* out of descriptors: the accepts are armed again after a pause */
     KTLA_OP_NOP,     /* a completion with nothing to act on */
     KTLA_OP_HS_RECV,
     KTLA_OP_HS_SEND,
@@ -79,6 +80,7 @@ struct ktla_conn {
     uint64_t start_ns, deadline_ns;
     struct ktla_conn *dl_prev, *dl_next; /* deadline list: handshakes in start order */
     bool hs_failed;
+    int ulp; /* TCP_ULP "tls" attached at accept (0), or why not: the reason kernel TLS is off */
 
     /* Established. */
     SSL *ssl;              /* userspace mode only (one direction or both) */
@@ -114,8 +116,11 @@ struct ktla_acceptor {
     struct ktla_acceptor_config cfg;
     struct io_uring own_ring;
     struct io_uring *ring;
-    struct ktla_op accept_op, timer_op, cancel_op, nop_op;
-    bool accept_armed, accept_cancelling, timer_armed, freeing;
+    struct ktla_op accept_op, timer_op, cancel_op, nop_op, retry_op;
+    unsigned accepts_armed; /* single-shot accepts in flight, all tagged with accept_op */
+    bool accept_stalled;    /* out of descriptors: no accept until the retry timer or a close */
+    bool accept_cancelling, timer_armed, retry_armed, freeing;
+    struct __kernel_timespec retry_ts;
     struct __kernel_timespec timer_ts;
     struct ktla_conn *dl_head, *dl_tail;
     struct ktla_acceptor_stats stats;

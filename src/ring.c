@@ -32,6 +32,7 @@ int ktla_dispatch(struct io_uring_cqe *cqe)
     case KTLA_OP_ACCEPT:
     case KTLA_OP_TIMER:
     case KTLA_OP_CANCEL:
+    case KTLA_OP_ACCEPT_RETRY:
     case KTLA_OP_NOP:
     case KTLA_OP_HS_RECV:
     case KTLA_OP_HS_SEND:

@@ -39,6 +39,7 @@ struct options {
     unsigned workers;
     unsigned handshake_timeout_s, idle_timeout_s, drain_timeout_s;
     unsigned max_connections;
+    unsigned sndbuf; /* 0: the kernel's autotuning */
 };
 
 static void usage(FILE *f, const char *argv0)
@@ -67,6 +68,9 @@ static void usage(FILE *f, const char *argv0)
         "                              to finish (default 10)\n"
         "  --max-connections N         established connections, spread over the workers\n"
         "                              (default 4096); beyond it: 503\n"
+        "  --sndbuf BYTES              socket send buffer of each connection (default: the\n"
+        "                              kernel's autotuning, up to net.ipv4.tcp_wmem's maximum);\n"
+        "                              smaller holds less kernel memory per slow client\n"
         "  --access-log FILE|-         access log (Common Log Format + TLS version, cipher,\n"
         "                              record-layer mode, bytes, seconds); reopened on SIGHUP\n"
         "  --help, --version\n\n"
@@ -114,6 +118,7 @@ static int parse_options(int argc, char **argv, struct options *o)
         {"drain-timeout", required_argument, NULL, 'd'},
         {"max-connections", required_argument, NULL, 'm'},
         {"access-log", required_argument, NULL, 'a'},
+        {"sndbuf", required_argument, NULL, 'S'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {0},
@@ -183,6 +188,9 @@ static int parse_options(int argc, char **argv, struct options *o)
         case 'a':
             o->access_log = optarg;
             break;
+        case 'S':
+            ret = parse_uint("--sndbuf", optarg, 4096, &o->sndbuf);
+            break;
         case 'h':
             usage(stdout, argv[0]);
             return 1;
@@ -248,11 +256,14 @@ static int resolve(const char *spec, struct sockaddr_storage *ss, socklen_t *len
     return 0;
 }
 
-static int open_listener(struct sockaddr_storage *ss, socklen_t len)
+static int open_listener(struct sockaddr_storage *ss, socklen_t len, unsigned sndbuf)
 {
     int one = 1, fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         goto err;
+    /* Set on the listening socket, the size is inherited by every accepted one. */
+    if (sndbuf && setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &(int){(int)sndbuf}, sizeof(int)) < 0)
+        goto err_close;
     /* One socket per worker on the same address: the kernel spreads connections over them. */
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
         setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
@@ -449,7 +460,7 @@ int main(int argc, char **argv)
         w->cfg = &cfg;
         w->stop = &cfg.stop;
         w->index = (int)i;
-        w->listen_fd = open_listener(&ss, sslen);
+        w->listen_fd = open_listener(&ss, sslen, o.sndbuf);
         if (w->listen_fd < 0) {
             fprintf(stderr, "ktla-serve: cannot listen on %s: %s\n", o.listen,
                     strerror(-w->listen_fd));

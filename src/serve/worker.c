@@ -64,6 +64,7 @@ struct sconn {
     unsigned out_len;
     uint64_t active_ns, req_start_ns, linger_until_ns, dead_ns;
     uint64_t body_off, body_left, body_sent, head_len;
+    uint64_t seen_sent; /* ktla's bytes_sent at the last tick: a body slice still moving */
 };
 
 _Static_assert(sizeof(struct sconn) <= SCONN_BYTES, "an idle connection fits one 192-byte chunk");
@@ -706,6 +707,16 @@ static void tick(struct worker *w)
 
     for (struct sconn *c = w->conns, *next; c; c = next) {
         next = c->next;
+        /* A body slice (1 MiB) to a slow reader can take longer than the idle timeout: each
+         * byte the socket took since the last tick is progress too, as nginx's send_timeout
+         * counts between two writes, not two responses. */
+        if (c->send_pending) {
+            uint64_t sent = ktla_conn_get_info(c->kc)->bytes_sent;
+            if (sent != c->seen_sent) {
+                c->seen_sent = sent;
+                c->active_ns = now;
+            }
+        }
         /* A request head must arrive whole within the idle timeout of its first byte, or a
          * byte every few seconds would hold a connection for ever (HTTP slowloris). */
         bool expired =

@@ -177,6 +177,36 @@ Test(hostile, handshake_cap_makes_new_clients_wait_not_fail)
     echo_stop(s);
 }
 
+/* A burst larger than the cap: the connections over it stay in the listen backlog (the test's
+ * is 64) rather than being accepted and left waiting for a slot in the acceptor. */
+Test(hostile, a_burst_over_the_handshake_cap_is_not_accepted)
+{
+    enum { CAP = 4, BURST = 48 };
+    struct echo_opts o = {.tickets = -1, .timeout_ms = 5000, .max_handshakes = CAP};
+    struct echo_server *s = echo_start(&o);
+    int fd[BURST];
+    for (int i = 0; i < BURST; i++)
+        fd[i] = raw_connect(echo_port(s));
+    struct ktla_acceptor_stats st = {0};
+    for (int i = 0; i < 500 && st.in_flight < CAP; i++) {
+        usleep(10000);
+        echo_stats(s, &st);
+    }
+    usleep(300000); /* time for any accept past the cap to have completed */
+    echo_stats(s, &st);
+    cr_assert_eq(st.in_flight, CAP);
+    cr_assert_eq(st.accepted, CAP, "%llu connections accepted for a cap of %d",
+                 (unsigned long long)st.accepted, CAP);
+    for (int i = 0; i < BURST; i++)
+        close(fd[i]);
+    /* Each closed client is then accepted in turn and ends at once, not at its deadline. */
+    expect_failure(s, BURST, KTLA_ETRUNCATED);
+    good_client_is_served(s);
+    echo_stats(s, &st);
+    cr_assert_eq(st.accepted, BURST + 1);
+    echo_stop(s);
+}
+
 /* A ClientHello of 20 KB spans two records: legal, and served. */
 Test(hostile, a_client_hello_larger_than_a_record_is_served)
 {

@@ -11,6 +11,7 @@
 set -u
 build=$(cd "$1" && pwd)
 expect=$2
+here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -344,6 +345,20 @@ for cmd in k K; do
     [ "$answers" = 2 ] || [ $ku_expect = ended ] || echo "$ku" | tail -n 15 | sed 's/^/#   /'
 done
 trap - PIPE
+
+# ---- a slow reader is not idle: with a small send buffer, one 1 MiB body slice at 400 kB/s
+# takes longer than the 2 s idle timeout; each byte the socket takes is progress
+head -c $((3 << 20)) /dev/urandom >"$root/slow.bin"
+if start_server slow --workers 1 --idle-timeout 2 --sndbuf 65536 "$root"; then
+    sport=${url##*:}; sport=${sport%/}
+    out=$(python3 "$here/slow_reader.py" "$sport" slow.bin 400000 2>&1)
+    got=${out%% *}
+    check "a client reading 3 MiB at 400 kB/s (about 8 s) through a 2 s idle timeout gets all of it ($out)" \
+        '[ "$got" -gt $((3 << 20)) ] 2>/dev/null'
+    kill -TERM "$spid"; wait "$spid"
+else
+    not_ok "the slow-reader server starts"
+fi
 
 # ---- SIGHUP: new certificate and ticket keys, shared between two servers
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \

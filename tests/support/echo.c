@@ -102,6 +102,7 @@ static void echo_end(struct ktla_conn *conn, struct echo_state *st, ssize_t resu
     s->conns[st->idx].last_result = result;
     s->conns[st->idx].key_updates_rx = ktla_conn_get_info(conn)->key_updates_rx;
     s->conns[st->idx].key_updates_tx = ktla_conn_get_info(conn)->key_updates_tx;
+    s->conns[st->idx].bytes_sent = ktla_conn_get_info(conn)->bytes_sent;
     s->conns[st->idx].ended = true;
     s->nended++;
     pthread_mutex_unlock(&s->lock);

@@ -36,6 +36,7 @@ struct echo_conn {
     uint64_t readback_tx_seq, readback_rx_seq;
     ssize_t last_result;           /* how the connection ended, from the server's side */
     uint32_t key_updates_rx, key_updates_tx; /* KeyUpdates followed in kernel mode, at the end */
+    uint64_t bytes_sent;                     /* info.bytes_sent at the end */
     bool ended;
 };
 
