@@ -356,3 +356,151 @@ const char *mime_lookup(const struct mime_table *t, const char *path)
     const struct mime_entry *e = bsearch(&key, t->v, t->n, sizeof(*t->v), entry_cmp);
     return e ? e->type : "application/octet-stream";
 }
+
+/* ---- the answer to a request */
+
+/* "/" + the resolved path, percent-encoded where a path segment needs it, + "/". -1 when it
+ * does not fit cap bytes (with the NUL). */
+static int location_of(const char *path, char *out, size_t cap)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t n = 0;
+
+    out[n++] = '/';
+    for (const unsigned char *p = (const unsigned char *)path; *p; p++) {
+        if (n + 4 > cap)
+            return -1;
+        if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+            strchr("-._~!$&'()*+,;=:@/", *p)) {
+            out[n++] = (char)*p;
+        } else {
+            out[n++] = '%';
+            out[n++] = hex[*p >> 4];
+            out[n++] = hex[*p & 15];
+        }
+    }
+    if (n + 2 > cap)
+        return -1;
+    out[n++] = '/';
+    out[n] = 0;
+    return 0;
+}
+
+/* The file (or a directory's index.html) for a GET or HEAD. */
+static int answer_file(int root_fd, const struct mime_table *mime, const struct http_request *q,
+                       struct files_scratch *s, struct http_response *resp,
+                       struct files_body *body)
+{
+    char *path = s->path, *etag = s->etag;
+    /* Absent and empty fields mean the same. */
+    const char *range = q->range ? q->range : "";
+    const char *if_range = q->if_range ? q->if_range : "";
+    const char *if_none_match = q->if_none_match ? q->if_none_match : "";
+    const char *if_modified_since = q->if_modified_since ? q->if_modified_since : "";
+    bool slash;
+    struct stat st;
+
+    int status = files_target_to_path(q->target ? q->target : "", q->target_len, path,
+                                      sizeof(s->path) - 16, &slash);
+    if (status)
+        return status;
+    int fd = files_open_beneath(root_fd, path);
+    if (fd < 0)
+        return -fd;
+    if (fstat(fd, &st) < 0)
+        goto err_close;
+    if (S_ISDIR(st.st_mode)) {
+        close(fd);
+        if (!slash) {
+            /* Relative links in its index.html resolve against the directory only with the
+             * slash. Built from the resolved path, never the raw target: "//host" or an
+             * absolute-form target would send the client to another host. */
+            if (location_of(path, s->location, sizeof(s->location)) < 0)
+                return 414; /* the redirect would not fit a response head */
+            resp->location = s->location;
+            return 301;
+        }
+        if (strcmp(path, "."))
+            strcat(path, "/index.html");
+        else
+            strcpy(path, "index.html");
+        fd = files_open_beneath(root_fd, path);
+        if (fd < 0)
+            return -fd; /* no index.html: no listing either */
+        if (fstat(fd, &st) < 0)
+            goto err_close;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return 403;
+    }
+    /* Blocking reads from now on: sendfile(2) and io_uring reads want a plain file. */
+    fcntl(fd, F_SETFL, 0);
+
+    files_etag(&st, etag, sizeof(s->etag));
+    resp->etag = etag;
+    resp->last_modified = st.st_mtim.tv_sec;
+    resp->content_type = mime_lookup(mime, path);
+    resp->accept_ranges = true;
+    resp->has_length = true;
+    uint64_t size = (uint64_t)st.st_size;
+
+    /* RFC 9110 13.2.2: If-None-Match first; If-Modified-Since only without it. */
+    time_t ims;
+    if (if_none_match[0] ? files_etag_match(if_none_match, etag)
+                         : if_modified_since[0] && !http_date_parse(if_modified_since, &ims) &&
+                               st.st_mtim.tv_sec <= ims) {
+        close(fd);
+        resp->content_type = NULL;
+        resp->has_length = false;
+        return 304;
+    }
+
+    uint64_t first = 0, last = size ? size - 1 : 0;
+    int satisfiable = 0;
+    if (range[0] && q->method == HTTP_GET) {
+        time_t ir;
+        bool if_range_ok = !if_range[0] || (if_range[0] == '"' ? !strcmp(if_range, etag)
+                                                               : !http_date_parse(if_range, &ir) &&
+                                                                     ir == st.st_mtim.tv_sec);
+        if (if_range_ok)
+            satisfiable = files_parse_range(range, size, &first, &last);
+    }
+    if (satisfiable < 0) {
+        close(fd);
+        resp->unsatisfied = true;
+        resp->total = size;
+        return 416;
+    }
+    body->fd = fd;
+    body->off = first;
+    body->len = size ? last - first + 1 : 0;
+    resp->content_length = body->len;
+    if (satisfiable > 0) {
+        resp->has_range = true;
+        resp->first = first;
+        resp->last = last;
+        resp->total = size;
+        return 206;
+    }
+    return 200;
+
+err_close:
+    close(fd);
+    return 500;
+}
+
+int files_answer(int root_fd, const struct mime_table *mime, const struct http_request *q,
+                 struct files_scratch *s, struct http_response *resp, struct files_body *body)
+{
+    *body = (struct files_body){.fd = -1};
+    if (q->status)
+        return q->status;
+    if (q->method != HTTP_GET && q->method != HTTP_HEAD) {
+        resp->allow = "GET, HEAD";
+        return 405;
+    }
+    if (q->has_body)
+        return 413;
+    return answer_file(root_fd, mime, q, s, resp, body);
+}

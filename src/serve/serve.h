@@ -147,6 +147,33 @@ int files_etag_match(const char *list, const char *etag);
  */
 int files_parse_range(const char *value, uint64_t size, uint64_t *first, uint64_t *last);
 
+struct mime_table;
+
+#define FILES_LOCATION_MAX 1024 /* a redirect longer than this is refused (414) */
+
+/* Scratch for answering one request: what resp's strings point into. */
+struct files_scratch {
+    char path[HTTP_URL_MAX + 16];
+    char location[FILES_LOCATION_MAX];
+    char etag[64];
+};
+
+/* What is sent after the head: for 200 and 206, `len` bytes of `fd` from `off`; else fd -1. */
+struct files_body {
+    int fd; /* open, blocking; the caller closes it */
+    uint64_t off, len;
+};
+
+/*
+ * The answer to a complete request head, decided from the request and the tree beneath root_fd
+ * alone: returns the status (a reading error in q->status as it is; 405, 413; what the file
+ * gives) and fills resp's fields for it (validators, type, range, Location, Allow; not the
+ * connection and not an error's text) and *body. ktla-serve answers with it, and the HTTP
+ * fuzzer checks it: one function, so the fuzzer never tests a copy that has drifted.
+ */
+int files_answer(int root_fd, const struct mime_table *mime, const struct http_request *q,
+                 struct files_scratch *s, struct http_response *resp, struct files_body *body);
+
 /* /etc/mime.types: extension to media type. */
 struct mime_table {
     struct mime_entry {

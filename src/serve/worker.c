@@ -264,35 +264,6 @@ static void conn_close(struct sconn *c)
     w->grave = c;
 }
 
-#define LOCATION_MAX 1024 /* a redirect longer than this is refused (414) */
-
-/* "/" + the resolved path, percent-encoded where a path segment needs it, + "/". -1 when it
- * does not fit cap bytes (with the NUL). */
-static int location_of(const char *path, char *out, size_t cap)
-{
-    static const char hex[] = "0123456789ABCDEF";
-    size_t n = 0;
-
-    out[n++] = '/';
-    for (const unsigned char *p = (const unsigned char *)path; *p; p++) {
-        if (n + 4 > cap)
-            return -1;
-        if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-            strchr("-._~!$&'()*+,;=:@/", *p)) {
-            out[n++] = (char)*p;
-        } else {
-            out[n++] = '%';
-            out[n++] = hex[*p >> 4];
-            out[n++] = hex[*p & 15];
-        }
-    }
-    if (n + 2 > cap)
-        return -1;
-    out[n++] = '/';
-    out[n] = 0;
-    return 0;
-}
-
 static void read_next(struct sconn *c);
 static void on_recv(struct ktla_conn *kc, ssize_t n, void *arg);
 
@@ -412,129 +383,19 @@ static void on_head_sent(struct ktla_conn *kc, ssize_t n, void *arg)
 
 /* ---- answering one request */
 
-/* The file (or a directory's index.html) for the request: fills resp and c's body, or returns
- * an error status. */
-static int serve_file(struct sconn *c, struct http_response *resp)
-{
-    struct worker *w = c->w;
-    const struct serve_config *cfg = w->cfg;
-    const struct http_request *q = &c->rd->req;
-    char *path = w->path, *etag = w->etag;
-    /* Absent and empty fields mean the same. */
-    const char *range = q->range ? q->range : "";
-    const char *if_range = q->if_range ? q->if_range : "";
-    const char *if_none_match = q->if_none_match ? q->if_none_match : "";
-    const char *if_modified_since = q->if_modified_since ? q->if_modified_since : "";
-    bool slash;
-    struct stat st;
-
-    int status = files_target_to_path(q->target ? q->target : "", q->target_len, path,
-                                      sizeof(w->path) - 16, &slash);
-    if (status)
-        return status;
-    int fd = files_open_beneath(cfg->root_fd, path);
-    if (fd < 0)
-        return -fd;
-    if (fstat(fd, &st) < 0)
-        goto err_close;
-    if (S_ISDIR(st.st_mode)) {
-        close(fd);
-        if (!slash) {
-            /* Relative links in its index.html resolve against the directory only with the
-             * slash. Built from the resolved path, never the raw target: "//host" or an
-             * absolute-form target would send the client to another host. */
-            if (location_of(path, w->location, LOCATION_MAX) < 0)
-                return 414; /* the redirect would not fit a response head */
-            resp->location = w->location;
-            return 301;
-        }
-        if (strcmp(path, "."))
-            strcat(path, "/index.html");
-        else
-            strcpy(path, "index.html");
-        fd = files_open_beneath(cfg->root_fd, path);
-        if (fd < 0)
-            return -fd; /* no index.html: no listing either */
-        if (fstat(fd, &st) < 0)
-            goto err_close;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        close(fd);
-        return 403;
-    }
-    /* Blocking reads from now on: sendfile(2) and io_uring reads want a plain file. */
-    fcntl(fd, F_SETFL, 0);
-
-    files_etag(&st, etag, sizeof(w->etag));
-    resp->etag = etag;
-    resp->last_modified = st.st_mtim.tv_sec;
-    resp->content_type = mime_lookup(&cfg->mime, path);
-    resp->accept_ranges = true;
-    resp->has_length = true;
-    uint64_t size = (uint64_t)st.st_size;
-
-    /* RFC 9110 13.2.2: If-None-Match first; If-Modified-Since only without it. */
-    time_t ims;
-    if (if_none_match[0] ? files_etag_match(if_none_match, etag)
-                         : if_modified_since[0] && !http_date_parse(if_modified_since, &ims) &&
-                               st.st_mtim.tv_sec <= ims) {
-        close(fd);
-        resp->content_type = NULL;
-        resp->has_length = false;
-        return 304;
-    }
-
-    uint64_t first = 0, last = size ? size - 1 : 0;
-    int satisfiable = 0;
-    if (range[0] && q->method == HTTP_GET) {
-        time_t ir;
-        bool if_range_ok = !if_range[0] || (if_range[0] == '"' ? !strcmp(if_range, etag)
-                                                               : !http_date_parse(if_range, &ir) &&
-                                                                     ir == st.st_mtim.tv_sec);
-        if (if_range_ok)
-            satisfiable = files_parse_range(range, size, &first, &last);
-    }
-    if (satisfiable < 0) {
-        close(fd);
-        resp->unsatisfied = true;
-        resp->total = size;
-        return 416;
-    }
-    c->file_fd = fd;
-    c->body_off = first;
-    c->body_left = size ? last - first + 1 : 0;
-    resp->content_length = c->body_left;
-    if (satisfiable > 0) {
-        resp->has_range = true;
-        resp->first = first;
-        resp->last = last;
-        resp->total = size;
-        return 206;
-    }
-    return 200;
-
-err_close:
-    close(fd);
-    return 500;
-}
-
 static void respond(struct sconn *c)
 {
+    struct worker *w = c->w;
     const struct http_request *q = &c->rd->req;
     struct http_response resp = {.now = time(NULL)};
-    int status = q->status;
+    struct files_body fb;
 
     c->state = S_WRITE;
-    c->file_fd = -1;
-    c->body_left = c->body_sent = c->head_len = 0;
-    if (!status && q->method != HTTP_GET && q->method != HTTP_HEAD) {
-        status = 405;
-        resp.allow = "GET, HEAD";
-    }
-    if (!status && q->has_body)
-        status = 413;
-    if (!status)
-        status = serve_file(c, &resp);
+    c->body_sent = c->head_len = 0;
+    int status = files_answer(w->cfg->root_fd, &w->cfg->mime, q, &w->scratch, &resp, &fb);
+    c->file_fd = fb.fd;
+    c->body_off = fb.off;
+    c->body_left = fb.len;
     c->status = status;
     c->head_only = q->method == HTTP_HEAD && !q->status;
 

@@ -63,9 +63,7 @@ struct worker {
     size_t loglen;
     /* Scratch for the one request being answered: used only between a completion and the next
      * return to the ring, never by an operation in flight, so one set serves every connection. */
-    char path[HTTP_URL_MAX + 16];
-    char location[HTTP_URL_MAX + 2];
-    char etag[64];
+    struct files_scratch scratch;
     char head[2048];
 };
 

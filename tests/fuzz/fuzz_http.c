@@ -13,8 +13,9 @@
  * four bits how small a buffer each response head is formatted into once more. The rest is what
  * the client sends.
  *
- * The model of worker.c (process_input, read_next, respond, serve_file) is kept in step with it
- * by hand: those functions are static there and drive io_uring, so they cannot be linked here.
+ * What is answered is decided by files_answer, the function worker.c's respond() calls. The
+ * reading around it (process_input, read_next, the rest of respond) is modelled here, kept in
+ * step by hand: those functions are static in worker.c and drive io_uring.
  */
 #include <fcntl.h>
 #include <ftw.h>
@@ -50,9 +51,7 @@ static struct {
 static struct mime_table mime;
 
 /* worker.c's scratch, the same sizes, so that ASan sees any write past them. */
-static char path[HTTP_URL_MAX + 16];
-static char location[HTTP_URL_MAX + 2];
-static char etag[64];
+static struct files_scratch scratch;
 static char head[2048];
 
 /* What one request earned; compared between the two readings. */
@@ -348,105 +347,57 @@ static void check_log(const struct http_request *q, int status)
 
 /* ---- worker.c, modelled */
 
-/* serve_file: the file (or a directory's index.html) for the request. */
-static int serve_file(const struct http_request *q, struct http_response *resp, uint64_t *body)
+/* files_answer, as respond() calls it, with what it decided checked. */
+static int answer(const struct http_request *q, struct http_response *resp, uint64_t *body)
 {
-    const char *range = q->range ? q->range : "";
-    const char *if_range = q->if_range ? q->if_range : "";
-    const char *if_none_match = q->if_none_match ? q->if_none_match : "";
-    const char *if_modified_since = q->if_modified_since ? q->if_modified_since : "";
-    bool slash;
-    struct stat st;
+    /* The same steps on their own first, so that their results are checked as well. */
+    if (!q->status) {
+        bool slash;
+        int st = files_target_to_path(q->target ? q->target : "", q->target_len, scratch.path,
+                                      sizeof(scratch.path) - 16, &slash);
+        check_path(st, scratch.path, sizeof(scratch.path) - 16);
+        time_t t;
+        if (q->if_modified_since)
+            date_parse(q->if_modified_since, &t);
+        if (q->if_range && q->if_range[0] != '"')
+            date_parse(q->if_range, &t);
+    }
 
-    int status = files_target_to_path(q->target ? q->target : "", q->target_len, path,
-                                      sizeof(path) - 16, &slash);
-    check_path(status, path, sizeof(path) - 16);
-    if (status)
-        return status;
-    int fd = files_open_beneath(tree.root_fd, path);
-    check_open(fd);
-    if (fd < 0)
-        return -fd;
-    if (fstat(fd, &st) < 0)
-        fuzz_fail("fstat on an opened file");
-    if (S_ISDIR(st.st_mode)) {
-        close(fd);
-        if (!slash) {
-            size_t plen = strcspn(q->target, "?#");
-            if (plen + 2 > sizeof(location))
-                fuzz_fail("Location longer than its buffer");
-            memcpy(location, q->target, plen);
-            memcpy(location + plen, "/", 2);
-            resp->location = location;
-            return 301;
-        }
-        if (strcmp(path, "."))
-            strcat(path, "/index.html");
-        else
-            strcpy(path, "index.html");
-        fd = files_open_beneath(tree.root_fd, path);
-        check_open(fd);
-        if (fd < 0)
-            return -fd;
-        if (fstat(fd, &st) < 0)
+    struct files_body fb;
+    int status = files_answer(tree.root_fd, &mime, q, &scratch, resp, &fb);
+    *body = 0;
+    if (fb.fd >= 0) {
+        check_open(fb.fd); /* nothing outside the root is ever served */
+        struct stat st;
+        if (fstat(fb.fd, &st) != 0)
             fuzz_fail("fstat on an opened file");
+        close(fb.fd); /* the body itself is not read: only which bytes would be sent */
+        uint64_t size = (uint64_t)st.st_size;
+        *body = fb.len;
+        if (fb.len != resp->content_length)
+            fuzz_fail("Content-Length disagrees with the body");
+        if (status == 206) {
+            if (resp->total != size || resp->first > resp->last || resp->last >= size ||
+                fb.off != resp->first || fb.len != resp->last - resp->first + 1)
+                fuzz_fail("a partial body outside the file or its Content-Range");
+        } else if (status != 200 || fb.off != 0 || fb.len != size) {
+            fuzz_fail("a file left open for a status other than 200 and 206, or not whole");
+        }
+    } else if (status == 200 || status == 206) {
+        fuzz_fail("a body status without a file");
     }
-    if (!S_ISREG(st.st_mode)) {
-        close(fd);
-        return 403;
-    }
-    close(fd); /* the body itself is not read: only which bytes of it would be sent */
-
-    files_etag(&st, etag, sizeof(etag));
-    if (files_etag_match(etag, etag) != 1)
+    if (resp->etag && files_etag_match(resp->etag, resp->etag) != 1)
         fuzz_fail("an entity tag does not match itself");
-    resp->etag = etag;
-    resp->last_modified = st.st_mtim.tv_sec;
-    resp->content_type = mime_lookup(&mime, path);
-    resp->accept_ranges = true;
-    resp->has_length = true;
-    uint64_t size = (uint64_t)st.st_size;
-
-    time_t ims;
-    if (if_none_match[0] ? files_etag_match(if_none_match, etag)
-                         : if_modified_since[0] && !date_parse(if_modified_since, &ims) &&
-                               st.st_mtim.tv_sec <= ims) {
-        resp->content_type = NULL;
-        resp->has_length = false;
-        return 304;
+    if (status == 301) {
+        const char *l = resp->location;
+        size_t n = l ? strlen(l) : 0;
+        /* "//host/" would send the client to another host. */
+        if (n < 2 || l[0] != '/' || l[1] == '/' || l[n - 1] != '/')
+            fuzz_fail("a redirect that is not a path on this host ending in /");
     }
-
-    uint64_t first = 0, last = size ? size - 1 : 0;
-    int satisfiable = 0;
-    if (range[0] && q->method == HTTP_GET) {
-        time_t ir;
-        bool if_range_ok = !if_range[0] || (if_range[0] == '"' ? !strcmp(if_range, etag)
-                                                               : !date_parse(if_range, &ir) &&
-                                                                     ir == st.st_mtim.tv_sec);
-        if (if_range_ok)
-            satisfiable = files_parse_range(range, size, &first, &last);
-    }
-    if (satisfiable < -1 || satisfiable > 1)
-        fuzz_fail("files_parse_range result outside its set");
-    if (satisfiable < 0) {
-        resp->unsatisfied = true;
-        resp->total = size;
-        return 416;
-    }
-    if (satisfiable > 0 && (first > last || last >= size))
-        fuzz_fail("a satisfiable range outside the file");
-    *body = size ? last - first + 1 : 0;
-    if (*body > size)
-        fuzz_fail("more body than file");
-    resp->content_length = *body;
-    if (satisfiable > 0) {
-        resp->has_range = true;
-        resp->first = first;
-        resp->last = last;
-        resp->total = size;
-        return 206;
-    }
-    return 200;
+    if (status == 416 && !resp->unsatisfied)
+        fuzz_fail("416 without an unsatisfied Content-Range");
+    return status;
 }
 
 /* respond: the answer to a finished head, formatted and checked. */
@@ -455,17 +406,8 @@ static struct answer respond(const struct http_reader *rd, size_t short_cap)
     const struct http_request *q = &rd->req;
     struct http_response resp = {.now = NOW};
     struct answer a = {.request = q->status ? 0 : request_digest(rd)};
-    int status = q->status;
     uint64_t body = 0;
-
-    if (!status && q->method != HTTP_GET && q->method != HTTP_HEAD) {
-        status = 405;
-        resp.allow = "GET, HEAD";
-    }
-    if (!status && q->has_body)
-        status = 413;
-    if (!status)
-        status = serve_file(q, &resp, &body);
+    int status = answer(q, &resp, &body);
     /* 500 is for running out of memory or a failing fstat: neither happens here. */
     static const int allowed[] = {200, 206, 301, 304, 400, 403, 404,
                                   405, 413, 414, 416, 431, 501, 505};

@@ -127,6 +127,48 @@ Test(files_open, a_fifo_opens_without_blocking_and_is_not_regular)
     close(fd);
 }
 
+/* files_answer: the status, the head's fields and the body for a request, as ktla-serve sends. */
+static int answer(enum http_method m, const char *target, const char *range,
+                  struct http_response *resp, struct files_body *body)
+{
+    static struct files_scratch s;
+    static struct mime_table mime;
+    struct http_request q = {.method = m, .target = (char *)target,
+                             .target_len = strlen(target), .range = (char *)range};
+    *resp = (struct http_response){0};
+    int status = files_answer(root_fd, &mime, &q, &s, resp, body);
+    if (body->fd >= 0)
+        close(body->fd);
+    return status;
+}
+
+Test(files_open, the_answer_to_a_request)
+{
+    struct http_response r;
+    struct files_body b;
+
+    cr_assert_eq(answer(HTTP_GET, "/f.txt", NULL, &r, &b), 200);
+    cr_assert(b.fd >= 0 && b.off == 0 && b.len == 4 && r.content_length == 4 && r.etag);
+    cr_assert_eq(answer(HTTP_GET, "/f.txt", "bytes=1-", &r, &b), 206);
+    cr_assert(b.off == 1 && b.len == 3 && r.first == 1 && r.last == 3 && r.total == 4);
+    cr_assert_eq(answer(HTTP_HEAD, "/f.txt", "bytes=1-", &r, &b), 200, "HEAD ignores Range");
+    cr_assert_eq(answer(HTTP_GET, "/f.txt", "bytes=9-", &r, &b), 416);
+    cr_assert(b.fd < 0 && r.unsatisfied && r.total == 4);
+    cr_assert_eq(answer(HTTP_POST, "/f.txt", NULL, &r, &b), 405);
+    cr_assert_str_eq(r.allow, "GET, HEAD");
+    cr_assert_eq(answer(HTTP_GET, "/d/", NULL, &r, &b), 200, "a directory's index.html");
+    cr_assert_eq(b.len, 3);
+    /* The redirect is built from the resolved path: never "//host/", whatever the target. */
+    cr_assert_eq(answer(HTTP_GET, "/d", NULL, &r, &b), 301);
+    cr_assert_str_eq(r.location, "/d/");
+    cr_assert_eq(answer(HTTP_GET, "//d", NULL, &r, &b), 301);
+    cr_assert_str_eq(r.location, "/d/");
+    cr_assert_eq(answer(HTTP_GET, "/empty/", NULL, &r, &b), 404, "no index.html, no listing");
+    cr_assert_eq(answer(HTTP_GET, "/fifo", NULL, &r, &b), 403);
+    cr_assert_eq(answer(HTTP_GET, "/out", NULL, &r, &b), 403);
+    cr_assert_eq(b.fd, -1);
+}
+
 Test(files, etag_and_if_none_match)
 {
     struct stat st = {.st_ino = 0x1234, .st_size = 99, .st_mtim = {.tv_sec = 5, .tv_nsec = 7}};
