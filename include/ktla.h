@@ -325,6 +325,16 @@ KTLA_API struct io_uring *ktla_acceptor_ring(struct ktla_acceptor *acc);
  */
 KTLA_API int ktla_dispatch(struct io_uring_cqe *cqe);
 
+/*
+ * For an application that runs a shared ring: call after handling each completion, with a mark
+ * set to 0 at the start of each turn (each wait for completions). Submits what is queued once the turn has been going for 50 us
+ * with something queued. A handshake step costs most of a millisecond of OpenSSL, so without
+ * this a turn of many steps holds every flight until its end, and clients and server take
+ * turns at being idle (measured: 620 full handshakes/s against nginx's 800 on the same CPU;
+ * 870 with it). Cheap: a clock read, and a submission only when it is due.
+ */
+KTLA_API void ktla_submit_if_late(struct io_uring *ring, uint64_t *mark_ns);
+
 /* Stops accepting, aborts handshakes in flight (their on_fail is called with KTLA_ECLOSED) and
  * frees the acceptor once its ring has nothing of it left in flight. Established connections
  * are the application's and stay open, but they run on the acceptor's ring: with an own ring,

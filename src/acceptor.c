@@ -591,11 +591,13 @@ int ktla_acceptor_run(struct ktla_acceptor *acc, int timeout_ms)
     if (ret < 0 && ret != -ETIME && ret != -EINTR)
         return ret;
     int handled = 0;
+    uint64_t mark = 0;
     while (io_uring_peek_cqe(ring, &cqe) == 0) {
         /* Seen before handling: a callback may submit and reap on this ring itself. */
         struct io_uring_cqe copy = *cqe;
         io_uring_cqe_seen(ring, cqe);
         ktla_dispatch(&copy);
+        ktla_submit_if_late(ring, &mark);
         handled++;
     }
     io_uring_submit(ring);

@@ -44,3 +44,22 @@ int ktla_dispatch(struct io_uring_cqe *cqe)
     }
     return 1;
 }
+
+/* Long enough that a turn of cheap completions keeps its one submission. */
+#define SUBMIT_LATE_NS 50000
+
+void ktla_submit_if_late(struct io_uring *ring, uint64_t *mark_ns)
+{
+    uint64_t now = ktla_now_ns();
+
+    if (!*mark_ns)
+        *mark_ns = now; /* the turn's first completion */
+    if (!io_uring_sq_ready(ring)) {
+        *mark_ns = now; /* whatever is queued next waits from now */
+        return;
+    }
+    if (now - *mark_ns < SUBMIT_LATE_NS)
+        return;
+    io_uring_submit(ring);
+    *mark_ns = now;
+}

@@ -618,12 +618,14 @@ static void own_complete(struct worker *w, struct io_uring_cqe *cqe)
 static void handle_completions(struct worker *w)
 {
     struct io_uring_cqe *cqe;
+    uint64_t mark = 0;
     while (io_uring_peek_cqe(&w->ring, &cqe) == 0) {
         /* Seen before it is handled: a callback may submit and reap on this ring. */
         struct io_uring_cqe copy = *cqe;
         io_uring_cqe_seen(&w->ring, cqe);
         if (!ktla_dispatch(&copy))
             own_complete(w, &copy);
+        ktla_submit_if_late(&w->ring, &mark); /* a long turn does not hold early answers */
     }
 }
 
