@@ -103,7 +103,6 @@ static void hs_leave(struct ktla_conn *c)
     struct ktla_acceptor *acc = c->acc;
     dl_remove(acc, c);
     acc->stats.in_flight--;
-    acc->accept_stalled = false; /* a descriptor may have been freed */
     arm_accept(acc);
 }
 
@@ -262,19 +261,21 @@ static void hs_submit_recv(struct ktla_conn *c)
     c->rbusy = true;
 }
 
-static void hs_submit_send(struct ktla_conn *c)
+/* false: the connection failed, and may be gone. */
+static bool hs_submit_send(struct ktla_conn *c)
 {
     struct io_uring_sqe *sqe = ktla_ring_sqe(c->ring);
 
     if (!sqe) {
         hs_fail(c, -EBUSY);
-        return;
+        return false;
     }
     io_uring_prep_send(sqe, c->fd, c->hs->out, c->hs->out_len, MSG_NOSIGNAL);
     ktla_ring_tag(sqe, &c->wop);
     c->wop.kind = KTLA_OP_HS_SEND;
     c->inflight++;
     c->sbusy = true;
+    return true;
 }
 
 static void hs_progress(struct ktla_conn *c)
@@ -293,9 +294,7 @@ static void hs_progress(struct ktla_conn *c)
         hs_fail(c, hs->error);
         return;
     }
-    if (hs->out_len && !c->sbusy)
-        hs_submit_send(c);
-    if (c->hs_failed)
+    if (hs->out_len && !c->sbusy && !hs_submit_send(c))
         return;
     switch (hs->state) {
     case KTLA_HS_FAILED:
@@ -398,7 +397,7 @@ err_close:
 
 static void arm_accept(struct ktla_acceptor *acc)
 {
-    if (acc->freeing || acc->accept_stalled)
+    if (acc->freeing || acc->accept_stalled || acc->accept_broken)
         return;
     while (acc->accepts_armed < ACCEPT_DEPTH &&
            acc->stats.in_flight + acc->accepts_armed < acc->cfg.max_handshakes) {
@@ -412,16 +411,19 @@ static void arm_accept(struct ktla_acceptor *acc)
     }
 }
 
-/* Out of descriptors: no accept until one is freed (a handshake ends) or a pause has passed,
- * since connections the application closes free descriptors without telling us. */
+/* Out of descriptors or memory: no accept until a pause has passed (connections the application
+ * closes free descriptors without telling us, so there is nothing better to wait for). Without
+ * a timer there is no stall: the next completion re-arms as usual. */
 static void stall_accept(struct ktla_acceptor *acc)
 {
-    acc->accept_stalled = true;
-    if (acc->retry_armed || acc->freeing)
+    if (acc->retry_armed || acc->freeing) {
+        acc->accept_stalled = acc->retry_armed;
         return;
+    }
     struct io_uring_sqe *sqe = ktla_ring_sqe(acc->ring);
     if (!sqe)
         return;
+    acc->accept_stalled = true;
     acc->retry_ts.tv_sec = 0;
     acc->retry_ts.tv_nsec = ACCEPT_RETRY_MS * 1000000LL;
     io_uring_prep_timeout(sqe, &acc->retry_ts, 0, 0);
@@ -460,17 +462,34 @@ void ktla_acceptor_complete(struct ktla_op *op, struct io_uring_cqe *cqe)
                 close(cqe->res);
             else
                 hs_start(acc, cqe->res);
-        } else if (cqe->res == -EMFILE || cqe->res == -ENFILE) {
+        } else if (cqe->res == -EMFILE || cqe->res == -ENFILE || cqe->res == -ENOMEM ||
+                   cqe->res == -ENOBUFS) {
             stall_accept(acc);
-        } else if (cqe->res != -ECANCELED) {
-            ktla_acceptor_log(acc, "ktla: accept failed: %s", ktla_strerror(cqe->res));
+        } else if (cqe->res == -EBADF || cqe->res == -EINVAL || cqe->res == -ENOTSOCK ||
+                   cqe->res == -EOPNOTSUPP) {
+            /* Not a listening socket (any more): retrying would only spin. */
+            if (!acc->accept_broken)
+                ktla_acceptor_log(acc, "ktla: accept failed, no more connections: %s",
+                                  ktla_strerror(cqe->res));
+            acc->accept_broken = true;
+        } else if (cqe->res != -ECANCELED && cqe->res != -ECONNABORTED && cqe->res != -EINTR &&
+                   cqe->res != -EAGAIN) {
+            /* A connection that failed on its way in (EPROTO, EPERM from a firewall, ...):
+             * the next one may be fine. Said once per pause, not once per connection. */
+            if (!acc->accept_stalled)
+                ktla_acceptor_log(acc, "ktla: accept failed: %s", ktla_strerror(cqe->res));
+            stall_accept(acc);
         }
         arm_accept(acc);
         maybe_free_acceptor(acc);
         return;
     }
-    case KTLA_OP_NOP:
+    case KTLA_OP_NOP: {
+        struct ktla_acceptor *acc = op->acc;
+        acc->inflight--;
+        maybe_free_acceptor(acc);
         return;
+    }
     case KTLA_OP_CANCEL: {
         struct ktla_acceptor *acc = op->acc;
         acc->inflight--;
@@ -592,7 +611,9 @@ int ktla_acceptor_run(struct ktla_acceptor *acc, int timeout_ms)
         return ret;
     int handled = 0;
     uint64_t mark = 0;
-    while (io_uring_peek_cqe(ring, &cqe) == 0) {
+    /* This turn's completions only: what the submissions made meanwhile complete (a storm's
+     * accepts) waits for the next turn, behind what the others have pending. */
+    for (unsigned n = io_uring_cq_ready(ring); n && io_uring_peek_cqe(ring, &cqe) == 0; n--) {
         /* Seen before handling: a callback may submit and reap on this ring itself. */
         struct io_uring_cqe copy = *cqe;
         io_uring_cqe_seen(ring, cqe);
@@ -624,6 +645,7 @@ void ktla_acceptor_free(struct ktla_acceptor *acc)
         if (sqe) {
             io_uring_prep_timeout_remove(sqe, (uint64_t)(uintptr_t)&acc->retry_op | 1, 0);
             ktla_ring_tag(sqe, &acc->nop_op);
+            acc->inflight++; /* its completion may come after the timer's */
         }
     }
     while (acc->dl_head)
@@ -631,9 +653,11 @@ void ktla_acceptor_free(struct ktla_acceptor *acc)
     if (acc->timer_armed) {
         struct io_uring_sqe *sqe = ktla_ring_sqe(acc->ring);
         if (sqe) {
-            /* The timer's own completion (-ECANCELED) does the bookkeeping. */
+            /* The timer's own completion (-ECANCELED) does the timer's bookkeeping; the
+             * removal's is counted too, since it may arrive last. */
             io_uring_prep_timeout_remove(sqe, (uint64_t)(uintptr_t)&acc->timer_op | 1, 0);
             ktla_ring_tag(sqe, &acc->nop_op);
+            acc->inflight++;
         }
     }
     if (acc->cfg.ring) {

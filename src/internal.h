@@ -118,7 +118,8 @@ struct ktla_acceptor {
     struct io_uring *ring;
     struct ktla_op accept_op, timer_op, cancel_op, nop_op, retry_op;
     unsigned accepts_armed; /* single-shot accepts in flight, all tagged with accept_op */
-    bool accept_stalled;    /* out of descriptors: no accept until the retry timer or a close */
+    bool accept_stalled;    /* out of descriptors or memory: no accept until the retry timer */
+    bool accept_broken;     /* the listening socket refuses accept for good: none any more */
     bool accept_cancelling, timer_armed, retry_armed, freeing;
     struct __kernel_timespec retry_ts;
     struct __kernel_timespec timer_ts;

@@ -69,8 +69,9 @@ static void usage(FILE *f, const char *argv0)
         "  --max-connections N         established connections, spread over the workers\n"
         "                              (default 4096); beyond it: 503\n"
         "  --sndbuf BYTES              socket send buffer of each connection (default: the\n"
-        "                              kernel's autotuning, up to net.ipv4.tcp_wmem's maximum);\n"
-        "                              smaller holds less kernel memory per slow client\n"
+        "                              kernel's autotuning; a size turns it off and is capped by\n"
+        "                              net.core.wmem_max); smaller holds less kernel memory per\n"
+        "                              slow client\n"
         "  --access-log FILE|-         access log (Common Log Format + TLS version, cipher,\n"
         "                              record-layer mode, bytes, seconds); reopened on SIGHUP\n"
         "  --help, --version\n\n"
@@ -254,6 +255,25 @@ static int resolve(const char *spec, struct sockaddr_storage *ss, socklen_t *len
     *len = res->ai_addrlen;
     freeaddrinfo(res);
     return 0;
+}
+
+/*
+ * The workers' sockets share the port with SO_REUSEPORT, which would as readily let them share it
+ * with another server of the same user (a second ktla-serve on the same address, forgotten in
+ * the background), the kernel then dealing connections between the two without a word. A socket
+ * bound without SO_REUSEPORT first makes such a port fail with EADDRINUSE, as for any server.
+ * Port 0 is left alone: the first worker's socket picks a free one.
+ */
+static int check_port_free(const struct sockaddr_storage *ss, socklen_t len)
+{
+    int one = 1, ret = 0, fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+        bind(fd, (const struct sockaddr *)ss, len) < 0)
+        ret = -errno;
+    close(fd);
+    return ret;
 }
 
 static int open_listener(struct sockaddr_storage *ss, socklen_t len, unsigned sndbuf)
@@ -452,6 +472,13 @@ int main(int argc, char **argv)
     socklen_t sslen;
     if (resolve(o.listen, &ss, &sslen) < 0)
         goto err_log;
+    in_port_t port = ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                              : ((struct sockaddr_in *)&ss)->sin_port;
+    ret = port ? check_port_free(&ss, sslen) : 0;
+    if (ret < 0) {
+        fprintf(stderr, "ktla-serve: cannot listen on %s: %s\n", o.listen, strerror(-ret));
+        goto err_log;
+    }
     workers = calloc(o.workers, sizeof(*workers));
     if (!workers)
         goto err_log;

@@ -38,9 +38,8 @@ enum { OWN_TICK = 1, OWN_WAKE, OWN_CANCEL };
 
 enum sconn_state { S_READ, S_WRITE, S_LINGER };
 
-/* The receive buffer inside struct sconn: what is left of one 512-byte malloc chunk (504 bytes
- * and the allocator's 8-byte header) after the fields. Enough for the heads of curl, wget and
- * load generators; a browser's takes a second receive into a grown buffer. */
+/* Receive buffers are lent to a connection only while a request arrives. 1 KiB holds the heads
+ * of curl, wget and load generators; a browser's takes a second receive into a grown buffer. */
 #define IN_BUF 1024      /* a lent receive buffer: most request heads fit it */
 #define IN_POOL_MAX 1024 /* free buffers a worker keeps for the next ones */
 #define SCONN_BYTES 184
@@ -518,6 +517,7 @@ static void on_conn(struct ktla_conn *kc, void *arg)
     c->in = NULL;
     c->in_cap = 0;
     c->in_len = c->in_off = 0;
+    c->seen_sent = 0;
     c->active_ns = now_ns();
     if (w->nconns > w->cfg->max_conns) {
         /* Over the limit: a short answer rather than a silent reset. */
@@ -571,12 +571,11 @@ static void tick(struct worker *w)
         /* A body slice (1 MiB) to a slow reader can take longer than the idle timeout: each
          * byte the socket took since the last tick is progress too, as nginx's send_timeout
          * counts between two writes, not two responses. */
-        if (c->send_pending) {
-            uint64_t sent = ktla_conn_get_info(c->kc)->bytes_sent;
-            if (sent != c->seen_sent) {
-                c->seen_sent = sent;
+        uint64_t sent = ktla_conn_get_info(c->kc)->bytes_sent;
+        if (sent != c->seen_sent) {
+            c->seen_sent = sent; /* kept current between responses too */
+            if (c->send_pending)
                 c->active_ns = now;
-            }
         }
         /* A request head must arrive whole within the idle timeout of its first byte, or a
          * byte every few seconds would hold a connection for ever (HTTP slowloris). */
@@ -619,7 +618,11 @@ static void handle_completions(struct worker *w)
 {
     struct io_uring_cqe *cqe;
     uint64_t mark = 0;
-    while (io_uring_peek_cqe(&w->ring, &cqe) == 0) {
+    /* This turn's completions only: what ktla_submit_if_late's submissions complete meanwhile
+     * waits for the next turn, so a storm's accepts cannot keep one turn going (and the stop
+     * flag, the tick and the log unlooked at). */
+    for (unsigned n = io_uring_cq_ready(&w->ring); n && io_uring_peek_cqe(&w->ring, &cqe) == 0;
+         n--) {
         /* Seen before it is handled: a callback may submit and reap on this ring. */
         struct io_uring_cqe copy = *cqe;
         io_uring_cqe_seen(&w->ring, cqe);

@@ -4,9 +4,12 @@
  */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "echo.h"
@@ -204,6 +207,62 @@ Test(hostile, a_burst_over_the_handshake_cap_is_not_accepted)
     good_client_is_served(s);
     echo_stats(s, &st);
     cr_assert_eq(st.accepted, BURST + 1);
+    echo_stop(s);
+}
+
+/* Out of descriptors, accept fails with EMFILE: the acceptor pauses (no spinning, no crash) and
+ * takes the waiting connections on once descriptors are free again. */
+Test(hostile, out_of_descriptors_pauses_accepting_until_there_are_some)
+{
+    enum { CLIENTS = 8, FREED = 4 };
+    struct rlimit old, low;
+    int cl[CLIENTS], filler[512], nfill = 0;
+
+    /* Lowered first: an io_uring accept takes the limit when it is submitted. */
+    cr_assert_eq(getrlimit(RLIMIT_NOFILE, &old), 0);
+    low = old;
+    low.rlim_cur = (rlim_t)tu_fd_count() + 96;
+    cr_assert_eq(setrlimit(RLIMIT_NOFILE, &low), 0);
+    struct echo_opts o = {.tickets = -1, .timeout_ms = 3000};
+    struct echo_server *s = echo_start(&o);
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+                            .sin_port = htons(echo_port(s))};
+
+    /* The server settled (its descriptors opened, a connection served and closed) before the
+     * last free descriptors are taken. */
+    good_client_is_served(s);
+    cr_assert(echo_wait_ended(s, 1, 5000));
+    usleep(100000);
+    for (int i = 0; i < CLIENTS; i++)
+        cr_assert((cl[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) >= 0);
+    /* Every descriptor below the limit taken, gaps included. */
+    int f;
+    while (nfill < 512 && (f = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0)
+        filler[nfill++] = f;
+    cr_assert_eq(errno, EMFILE, "the limit was not reached with %d descriptors", nfill);
+    for (int i = 0; i < CLIENTS; i++)
+        cr_assert_eq(connect(cl[i], (struct sockaddr *)&a, sizeof(a)), 0);
+    usleep(300000);
+    struct ktla_acceptor_stats st;
+    echo_stats(s, &st);
+    cr_assert_eq(st.accepted, 1, "accepted %llu with no descriptor free",
+                 (unsigned long long)st.accepted - 1);
+    for (int i = 0; i < FREED; i++)
+        close(filler[--nfill]);
+    for (int i = 0; i < 100 && st.accepted < 1 + FREED; i++) {
+        usleep(20000);
+        echo_stats(s, &st);
+    }
+    cr_assert_eq(st.accepted, 1 + FREED, "%llu accepted once %d descriptors were free",
+                 (unsigned long long)st.accepted - 1, FREED);
+    while (nfill)
+        close(filler[--nfill]);
+    cr_assert_eq(setrlimit(RLIMIT_NOFILE, &old), 0);
+    for (int i = 0; i < CLIENTS; i++)
+        close(cl[i]);
+    expect_failure(s, CLIENTS, KTLA_ETRUNCATED);
+    good_client_is_served(s);
     echo_stop(s);
 }
 

@@ -2,8 +2,8 @@
  * Fuzzes ktla-serve's request handling as worker.c drives it for one connection, in memory. The
  * client's bytes arrive in receives of the sizes the input chooses, into a buffer that starts as
  * the one inside a connection and grows and shrinks as worker.c's does; http_reader reads each
- * head, pipelined requests wait in the buffer, and every request is answered as worker.c's
- * respond() and serve_file() answer it, against a small tree made once: files, a directory with
+ * head, pipelined requests wait in the buffer, and every request is answered by files_answer()
+ * as worker.c's respond() calls it, against a small tree made once: files, a directory with
  * an index.html and one without, symbolic links that stay inside and ones that lead out, a FIFO.
  * The same bytes are also read in one piece, and both readings must give the same requests and
  * the same answers: how TCP and TLS happen to split a stream must not change what is served.
@@ -32,7 +32,7 @@
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define IN_SMALL 344           /* worker.c: the receive buffer inside a connection */
+#define IN_SMALL 1024          /* worker.c: IN_BUF, the receive buffer lent to a connection */
 #define HEAD_ROOM (2048 - 128) /* worker.c: its head scratch, less room for an error's text */
 #define NOW ((time_t)1700000000)
 #define MTIME ((time_t)784111777) /* Sun, 06 Nov 1994 08:49:37 GMT: seeds can name it */

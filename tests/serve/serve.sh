@@ -98,6 +98,12 @@ fp_served=$(openssl s_client -connect "127.0.0.1:$port" </dev/null 2>/dev/null |
     openssl x509 -noout -fingerprint -sha256 2>/dev/null | cut -d= -f2)
 check "the printed fingerprint is the served certificate's" '[ -n "$fp_served" ] && [ "$fp_served" = "$fp_printed" ]'
 
+# A second server on the same address is refused, not let into the port's SO_REUSEPORT group
+# (where the kernel would deal it every other connection).
+second=$(timeout 60 "$build/ktla-serve" --listen "127.0.0.1:$port" --workers 1 "$root" 2>&1); src2=$?
+check "a second server on the port in use exits with 'Address already in use' ($src2)" \
+    '[ $src2 = 1 ] && printf "%s" "$second" | grep -q "Address already in use"'
+
 # ---- whole files, both TLS versions; one curl per version (curl starts slowly in the guest)
 files=(f0 f1 f16383 f16384 f16385 big.bin)
 for v in 1.3 1.2; do
