@@ -371,6 +371,13 @@ KTLA_API int ktla_conn_recv(struct ktla_conn *conn, void *buf, size_t len, ktla_
  * place: 0 or KTLA_EBUSY, KTLA_ECLOSED, -EBUSY. */
 KTLA_API int ktla_conn_recv_ready(struct ktla_conn *conn, ktla_io_cb cb, void *arg);
 
+/* Gives back what a connection in userspace mode holds between requests: its ciphertext and
+ * plaintext buffers and OpenSSL's memory BIOs, tens of KB. For connections that have gone idle
+ * (ktla-serve: at the next tick of its timer): doing it after every request would make the next
+ * one allocate it all again. Does nothing in kernel mode, or while a send or a receive into a
+ * buffer is in flight. */
+KTLA_API void ktla_conn_trim(struct ktla_conn *conn);
+
 /* Sends all of buf (valid until the callback); the callback gets len or an error. */
 KTLA_API int ktla_conn_send(struct ktla_conn *conn, const void *buf, size_t len, ktla_io_cb cb,
                             void *arg);

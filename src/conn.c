@@ -276,9 +276,9 @@ static void on_recv(struct ktla_conn *c, int res)
 }
 
 /*
- * Userspace mode, the application waiting idle: gives back the buffers the last request used
- * (the receive buffer, the ciphertext and file buffers, and the memory BIOs, which only ever
- * grow), tens of kilobytes per connection. Each comes back when it is needed.
+ * Userspace mode, a connection gone idle (ktla_conn_trim): gives back the buffers the last
+ * requests used (the receive buffer, the ciphertext and file buffers, and the memory BIOs, which
+ * only ever grow), tens of kilobytes per connection. Each comes back when it is needed.
  */
 static void us_trim(struct ktla_conn *c)
 {
@@ -307,6 +307,15 @@ static void us_trim(struct ktla_conn *c)
     }
 }
 
+void ktla_conn_trim(struct ktla_conn *c)
+{
+    /* A poll (recv_ready) holds no buffer; any other receive may be reading into raw. */
+    if (!c || c->state != KTLA_CONN_ESTABLISHED || !c->ssl || c->sbusy ||
+        (c->rbusy && c->rop.kind != KTLA_OP_RECV_READY))
+        return;
+    us_trim(c);
+}
+
 int ktla_conn_recv_ready(struct ktla_conn *c, ktla_io_cb cb, void *arg)
 {
     if (!c || !cb)
@@ -327,8 +336,6 @@ int ktla_conn_recv_ready(struct ktla_conn *c, ktla_io_cb cb, void *arg)
         io_uring_prep_nop(sqe);
     } else {
         io_uring_prep_poll_add(sqe, c->fd, POLLIN);
-        if (c->info.rx_mode == KTLA_MODE_USERSPACE && c->ssl)
-            us_trim(c);
     }
     submit(c, sqe, &c->rop, KTLA_OP_RECV_READY);
     c->rbuf = NULL;

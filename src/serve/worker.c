@@ -55,6 +55,7 @@ struct sconn {
     enum sconn_state state;
     bool recv_pending, send_pending; /* an operation in flight that uses our buffers */
     bool ready_pending;              /* waiting for input, holding no buffer */
+    bool trimmed;                    /* ...and ktla's userspace buffers given back */
     bool close_after, linger_after, head_only;
     int file_fd;
     int status;
@@ -278,6 +279,7 @@ static void post_recv(struct sconn *c)
         if (ret < 0)
             return conn_close(c);
         c->ready_pending = true;
+        c->trimmed = false; /* trimmed at the next tick if still idle then */
         return;
     }
     ret = ktla_conn_recv(c->kc, c->in + c->in_len, c->in_cap - c->in_len, on_recv, c);
@@ -571,6 +573,10 @@ static void tick(struct worker *w)
         /* A body slice (1 MiB) to a slow reader can take longer than the idle timeout: each
          * byte the socket took since the last tick is progress too, as nginx's send_timeout
          * counts between two writes, not two responses. */
+        if (c->ready_pending && !c->trimmed) {
+            ktla_conn_trim(c->kc); /* idle: its TLS buffers go, not after every request */
+            c->trimmed = true;
+        }
         uint64_t sent = ktla_conn_get_info(c->kc)->bytes_sent;
         if (sent != c->seen_sent) {
             c->seen_sent = sent; /* kept current between responses too */

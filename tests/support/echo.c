@@ -122,11 +122,18 @@ static void on_ready(struct ktla_conn *conn, ssize_t n, void *arg)
         echo_end(conn, st, ret);
 }
 
-/* The next receive: straight away, or after ktla_conn_recv_ready with ready_first. */
+/* The next receive: straight away, or after ktla_conn_recv_ready with ready_first, which also
+ * trims the connection each time it waits (an application would wait until it is idle): every
+ * following receive and send must then work from fresh buffers and memory BIOs. */
 static void next_recv(struct ktla_conn *conn, struct echo_state *st)
 {
-    int ret = st->srv->ready_first ? ktla_conn_recv_ready(conn, on_ready, st)
-                                   : ktla_conn_recv(conn, st->buf, sizeof(st->buf), on_recv, st);
+    int ret = 0;
+    if (st->srv->ready_first) {
+        ret = ktla_conn_recv_ready(conn, on_ready, st);
+        ktla_conn_trim(conn);
+    } else {
+        ret = ktla_conn_recv(conn, st->buf, sizeof(st->buf), on_recv, st);
+    }
     if (ret < 0)
         echo_end(conn, st, ret);
 }
