@@ -54,23 +54,8 @@ else
 fi
 # (CAP_HS: the cap server's deadline; its 1224 clients must all be connected and watched before.)
 
-n=0 pass=0 fail=0 known=0
-ok() { n=$((n + 1)); pass=$((pass + 1)); echo "ok $n - $1"; }
-not_ok() {
-    n=$((n + 1)); fail=$((fail + 1)); echo "not ok $n - $1"
-    [ -n "${2:-}" ] && printf '%s\n' "$2" | sed 's/^/#   /' | head -n 10
-    return 0
-}
-check() { if eval "$2"; then ok "$1"; else not_ok "$1"; fi; }
-
-# wait_for SECONDS COMMAND...: polls the command every 20 ms until it succeeds or time runs out.
-wait_for() {
-    local end=$(($(date +%s) + $1)); shift
-    until "$@"; do
-        [ "$(date +%s)" -ge "$end" ] && return 1
-        sleep 0.02
-    done
-}
+. "$here/../tap.sh"
+known=0
 
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }

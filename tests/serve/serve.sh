@@ -21,24 +21,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-n=0 pass=0 fail=0
-ok() { n=$((n + 1)); pass=$((pass + 1)); echo "ok $n - $1"; }
-not_ok() {
-    n=$((n + 1)); fail=$((fail + 1)); echo "not ok $n - $1"
-    [ -n "${2:-}" ] && printf '%s\n' "$2" | sed 's/^/#   /' | head -n 10
-    return 0
-}
-# check NAME CONDITION: ok when the shell condition (a string, evaluated here) holds.
-check() { if eval "$2"; then ok "$1"; else not_ok "$1"; fi; }
-
-# wait_for SECONDS COMMAND...: polls the command every 20 ms until it succeeds or time runs out.
-wait_for() {
-    local end=$(($(date +%s) + $1)); shift
-    until "$@"; do
-        [ "$(date +%s)" -ge "$end" ] && return 1
-        sleep 0.02
-    done
-}
+. "$here/../tap.sh"
 
 # The served tree, and a secret beside it that no request may reach.
 root=$work/www

@@ -46,27 +46,14 @@ cleanup() {
 trap cleanup EXIT
 start_s=$(date +%s)
 
-n=0 pass=0 fail=0
-ok() { n=$((n + 1)); pass=$((pass + 1)); echo "ok $n - $1"; }
-not_ok() {
-    n=$((n + 1)); fail=$((fail + 1)); echo "not ok $n - $1"
-    [ -n "${2:-}" ] && printf '%s\n' "$2" | sed 's/^/#   /' | head -n 30
-    return 0
-}
-check() { if eval "$2"; then ok "$1"; else not_ok "$1" "${3:-}"; fi; }
+TAP_DETAIL_LINES=30 WAIT_STEP=0.05
+. "$here/../tap.sh"
 finish() {
     echo "# $(($(date +%s) - start_s)) s"
     echo "1..$n"
     echo "valgrind: $pass passed, $fail failed, 0 skipped"
     [ $fail -eq 0 ]
     exit
-}
-wait_for() {
-    local end=$(($(date +%s) + $1)); shift
-    until "$@"; do
-        [ "$(date +%s)" -ge "$end" ] && return 1
-        sleep 0.05
-    done
 }
 
 # ---- a valgrind that can run io_uring programs
