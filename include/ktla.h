@@ -73,7 +73,9 @@ extern "C" {
       "the peer sent a handshake message or ChangeCipherSpec after the handshake; answered with "  \
       "an unexpected_message alert")                                                               \
     X(KTLA_EREKEY_LIMIT, -4027,                                                                    \
-      "the peer sent more TLS 1.3 KeyUpdates than allowed (more than 8 in 10 seconds)")
+      "the peer sent more TLS 1.3 KeyUpdates than allowed (more than 8 in 10 seconds)")        \
+    X(KTLA_ELINGER, -4028,                                                                         \
+      "the peer kept sending after the connection was shut down: cut at the linger limit")
 
 enum ktla_error {
 #define KTLA_ERROR_ENUM(name, value, msg) name = (value),
@@ -253,8 +255,8 @@ struct ktla_conn_info {
     uint32_t key_updates_rx;  /* TLS 1.3 KeyUpdates followed in kernel mode: the peer's, */
     uint32_t key_updates_tx;  /* and ours (sent because the peer asked) */
     char peer[64];            /* "ADDR:PORT" of the client */
-    uint64_t bytes_sent;      /* application bytes sent so far (kernel mode: taken by the socket;
-                                 userspace: encrypted, once the previous ciphertext was sent).
+    uint64_t bytes_sent;      /* application bytes sent so far: taken by the socket (kernel
+                                 mode), or encrypted and their ciphertext taken (userspace).
                                  It moves while one long send or sendfile is under way, so an
                                  idle timeout can tell a slow reader from a stalled one. */
 };
@@ -391,8 +393,38 @@ KTLA_API int ktla_conn_send(struct ktla_conn *conn, const void *buf, size_t len,
 KTLA_API int ktla_conn_sendfile(struct ktla_conn *conn, int file_fd, uint64_t offset, size_t count,
                                 ktla_io_cb cb, void *arg);
 
+/* The end of a connection shut down with ktla_conn_shutdown: result is 0 when the peer closed
+ * its side within the linger time, after our close_notify and FIN; otherwise why the socket was
+ * closed without that (-ETIMEDOUT: the linger time passed; KTLA_ELINGER: the peer kept sending;
+ * -ECONNRESET, KTLA_EBADMAC...). conn may be read (ktla_conn_get_info) during the callback and is
+ * freed when it returns: nothing of it is in flight any more. */
+typedef void (*ktla_close_cb)(struct ktla_conn *conn, int result, void *arg);
+
+/*
+ * Ends the connection gracefully, the same in kernel and userspace mode: sends close_notify,
+ * shuts down the sending side (TCP FIN after every byte already queued), then reads and drops
+ * whatever the peer still sends (its close_notify, stray requests, its FIN) until it closes its
+ * side, linger_ms pass or 256 KiB have been dropped, and only then closes the socket. Closing a
+ * socket whose receive queue holds unread bytes makes the kernel answer with a reset, which
+ * destroys the response still queued on both sides (the client's kernel drops what its
+ * application has not read yet): this is how a server avoids that, and what nginx's
+ * lingering_close does. A peer that only half-closed (TLS 1.3 allows it: RFC 8446 section 6.1)
+ * still receives everything already sent.
+ *
+ * Call it when no send is in flight (a response is finished); a receive in flight is cancelled
+ * (its callback never runs, and its buffer is not touched after this returns, as with
+ * ktla_conn_close). Afterwards the application makes no other call on conn: cb (optional) runs
+ * once, from the ring and never inside this call, when the connection is gone. ktla_conn_close
+ * during the linger cuts it short without calling cb. Returns 0, or KTLA_EINVAL, KTLA_ECLOSED
+ * (already closed), KTLA_EBUSY (a send in flight), -EBUSY (the ring is full); on error nothing
+ * changed and cb will not run.
+ */
+KTLA_API int ktla_conn_shutdown(struct ktla_conn *conn, unsigned linger_ms, ktla_close_cb cb,
+                                void *arg);
+
 /* Sends close_notify, closes the socket and frees the connection once nothing of it is in
- * flight. No callback of this connection runs after this call, and (on Linux 6.0 and later,
+ * flight: an abortive close, for errors and clients that stopped reading. Unread input makes
+ * the kernel reset the connection; ktla_conn_shutdown is the graceful end. No callback of this connection runs after this call, and (on Linux 6.0 and later,
  * where io_uring can cancel synchronously) no buffer the application passed is touched after it
  * returns. Never fails; conn is gone. */
 KTLA_API void ktla_conn_close(struct ktla_conn *conn);

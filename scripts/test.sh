@@ -16,9 +16,10 @@ werror=OFF
 jobs=$(nproc)
 
 echo "== build (plain and sanitized)"
-cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKTLA_WERROR=$werror >/dev/null
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKTLA_TESTS=ON -DKTLA_WERROR=$werror >/dev/null
 cmake --build build -j"$jobs" >/dev/null
-cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DKTLA_SANITIZE=ON -DKTLA_WERROR=$werror >/dev/null
+cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DKTLA_SANITIZE=ON -DKTLA_TESTS=ON \
+    -DKTLA_WERROR=$werror >/dev/null
 cmake --build build/asan -j"$jobs" >/dev/null
 
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
@@ -86,6 +87,11 @@ run_suite acceptor-host build/results/acceptor-host.tap build/asan/tests/ktla-ac
 tally acceptor-host build/results/acceptor-host.tap lenient
 grep -vE '^(ok|TAP|1\.\.|#)' build/results/acceptor-host.tap | head -40 || true
 
+echo "== conformance: crafted records after a real handshake (userspace mode where the kernel has no TLS)"
+run_suite conformance-host build/results/conformance-host.tap build/asan/tests/ktla-conformance-tests
+tally conformance-host build/results/conformance-host.tap lenient
+grep -vE '^(ok|TAP|1\.\.|#)' build/results/conformance-host.tap | head -40 || true
+
 echo "== interoperability on this machine: s_client, curl, gnutls-cli, Python ssl, Go crypto/tls downloading from ktla-serve"
 # A kernel with TLS loaded has /proc/net/tls_stat; then the host connections must be offloaded too.
 host_mode=userspace
@@ -100,6 +106,11 @@ tally serve-unit build/results/serve-unit.tap lenient
 tests/serve/serve.sh build/asan "$host_mode" >build/results/serve-host.tap 2>&1 || true
 grep -E '^not ok' -A8 build/results/serve-host.tap | head -40 || true
 tally serve-host build/results/serve-host.tap lenient
+
+echo "== ktla-serve: clients that close their side early still get every byte"
+tests/serve/halfclose.sh build/asan "$host_mode" >build/results/halfclose-host.tap 2>&1 || true
+grep -E '^not ok' -A8 build/results/halfclose-host.tap | head -40 || true
+tally halfclose-host build/results/halfclose-host.tap lenient
 
 echo "== ktla-serve against hostile clients, a good client downloading throughout"
 tests/serve/hostile.sh build/asan "$host_mode" >build/results/hostile-host.tap 2>&1 || true
@@ -131,8 +142,8 @@ if [ "${KTLA_SKIP_GUEST:-}" = 1 ] && [ "${CI:-}" != "true" ]; then
     summaries+=("guest: not run (KTLA_SKIP_GUEST=1)")
 else
     echo "== inside the guest kernel (kernel TLS mandatory): kernel, acceptor, interop, serve, hostile"
-    rm -f build/vm/kernel.tap build/vm/acceptor.tap build/vm/interop.tap build/vm/serve.tap \
-        build/vm/hostile.tap
+    rm -f build/vm/kernel.tap build/vm/acceptor.tap build/vm/conformance.tap build/vm/interop.tap \
+        build/vm/serve.tap build/vm/halfclose.tap build/vm/hostile.tap
     start=$(date +%s)
     if ! scripts/vm.sh -- env ASAN_OPTIONS="$ASAN_OPTIONS" UBSAN_OPTIONS="$UBSAN_OPTIONS" \
         scripts/guest-suites.sh build/asan build/vm >build/results/guest-console.log 2>&1; then
@@ -142,7 +153,7 @@ else
     fi
     echo "  guest run: $(($(date +%s) - start)) s"
     sanitizer_check guest build/results/guest-console.log
-    for suite in kernel acceptor interop serve hostile; do
+    for suite in kernel acceptor conformance interop serve halfclose hostile; do
         [ -f "build/vm/$suite.tap" ] || : >"build/vm/$suite.tap"
         cp "build/vm/$suite.tap" "build/results/$suite-guest.tap"
         grep -E '^not ok' -A8 "build/vm/$suite.tap" | head -40 || true
@@ -167,7 +178,7 @@ if [ "${KTLA_SKIP_GUEST:-}" != 1 ] || [ "${CI:-}" = "true" ]; then
     fi
     echo "  guest 6.17 run: $(($(date +%s) - start)) s; $(grep -aE 'TlsRxRekeyOk|TlsTxRekeyOk' build/results/guest617-console.log | tr -s ' \t' ' ' | tr '\n' ' ')"
     sanitizer_check guest617 build/results/guest617-console.log
-    for suite in kernel acceptor serve; do
+    for suite in kernel acceptor conformance serve; do
         [ -f "$out617/$suite.tap" ] || : >"$out617/$suite.tap"
         cp "$out617/$suite.tap" "build/results/$suite-guest617.tap"
         grep -E '^not ok' -A8 "$out617/$suite.tap" | head -40 || true

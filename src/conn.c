@@ -27,20 +27,37 @@
 #define SPLICE_PIPE (256u << 10)        /* splice path: pipe size asked for, bytes per step */
 #define REKEY_WINDOW_NS (10ull * 1000000000ull) /* KeyUpdates from a peer: at most */
 #define REKEY_MAX_PER_WINDOW 8                   /* this many in this long */
+#define LINGER_DROP_MAX (256u << 10) /* input dropped while shutting down before cutting it */
 
 static const uint8_t close_notify[2] = {1, 0};
 
-/* Bytes of the send in progress taken: counted for the application as well (info.bytes_sent). */
+/* Kernel mode: bytes of the send in progress taken by the socket, counted for the application as
+ * well (info.bytes_sent). */
 static inline void sent(struct ktla_conn *c, size_t n)
 {
     c->sdone += n;
     c->info.bytes_sent += n;
 }
 
+/* Userspace mode: plaintext of the send in progress encrypted into c->enc. It counts as sent
+ * (info.bytes_sent) only once its ciphertext is on the wire, so that an application that logs
+ * what was delivered when a connection breaks does not count what never left. */
+static inline void encrypted(struct ktla_conn *c, size_t n)
+{
+    c->sdone += n;
+    c->enc_plain += n;
+}
+
 bool ktla_conn_reap(struct ktla_conn *c)
 {
     if (c->state != KTLA_CONN_CLOSING || c->inflight)
         return false;
+    /* The end-of-life callback of a graceful shutdown: nothing of the connection is in flight,
+     * so the application may free what it tied to it (and even tear its ring down) from here. */
+    ktla_close_cb cb = c->close_cb;
+    c->close_cb = NULL;
+    if (cb)
+        cb(c, c->close_result, c->close_arg);
     ktla_conn_destroy(c);
     return true;
 }
@@ -126,10 +143,35 @@ static int recv_submit_socket(struct ktla_conn *c, void *buf, size_t len)
     return 0;
 }
 
+/*
+ * Userspace mode: what OpenSSL wrote while reading goes out now. That is an alert: the warning
+ * no_renegotiation for a TLS 1.2 ClientHello, after which the connection goes on (the client
+ * waits for it), or a fatal one before the connection ends. A few bytes into a socket whose
+ * sends are all complete; while a send is in flight they stay in the memory BIO, and the next
+ * encryption takes them along, in order. With the transmit side in the kernel, OpenSSL's write
+ * state is not the one on the wire, and nothing is sent.
+ */
+static void us_flush_alerts(struct ktla_conn *c)
+{
+    uint8_t buf[256];
+    BIO *wbio = SSL_get_wbio(c->ssl);
+
+    if (c->sbusy || c->info.tx_mode != KTLA_MODE_USERSPACE || !BIO_ctrl_pending(wbio))
+        return;
+    while (BIO_ctrl_pending(wbio)) {
+        int n = BIO_read(wbio, buf, sizeof(buf));
+        if (n <= 0)
+            break;
+        (void)!send(c->fd, buf, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL);
+    }
+}
+
 /* Userspace mode: hands out what OpenSSL can decrypt, else asks the socket for ciphertext. */
 static void us_recv_step(struct ktla_conn *c)
 {
     int n = SSL_read(c->ssl, c->rbuf, (int)(c->rlen > INT32_MAX ? INT32_MAX : c->rlen));
+    if (n <= 0)
+        us_flush_alerts(c);
     if (n > 0)
         return recv_done(c, n);
     switch (SSL_get_error(c->ssl, n)) {
@@ -174,11 +216,82 @@ static void on_raw_recv(struct ktla_conn *c, int res)
 static void rekey_tx(struct ktla_conn *c);
 
 /*
+ * Kernel mode: an alert now, without waiting (a few bytes; a socket too full to take them loses
+ * them, and the connection ends all the same). After the kernel failed to open a record it sets
+ * the socket's error (EBADMSG, EMSGSIZE...), and kernel TLS refuses every send while it is set;
+ * reading SO_ERROR clears it, and the transmit side, which never failed, sends the alert. With
+ * the transmit side in userspace (one direction only in the kernel) OpenSSL has no call that
+ * sends an arbitrary alert: none is sent.
+ */
+static void kernel_alert(struct ktla_conn *c, uint8_t level, uint8_t desc)
+{
+    const uint8_t alert[2] = {level, desc};
+
+    if (c->info.tx_mode != KTLA_MODE_KERNEL || c->fatal_sent)
+        return;
+    for (int i = 0; i < 2; i++) {
+        ssize_t n = ktla_ktls_send_record(c->fd, KTLA_RT_ALERT, alert, sizeof(alert),
+                                          MSG_DONTWAIT);
+        if (n == (ssize_t)sizeof(alert) || n == -EAGAIN)
+            break;
+        int err;
+        socklen_t len = sizeof(err);
+        ktla_sys.getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+    }
+    if (level == 2) {
+        c->fatal_sent = true;
+        /* The FIN right behind it: the client learns the end from the alert, not from the
+         * reset that closing over the unread bad record may cause. */
+        shutdown(c->fd, SHUT_WR);
+    }
+}
+
+/* Acts on one row of the alert table (alert.c): true when the connection goes on, and then the
+ * caller carries on receiving; false when the receive ended with the row's code. */
+static bool kernel_event(struct ktla_conn *c, enum ktla_event ev)
+{
+    const struct ktla_event_answer *a = ktla_event_answer(c->info.version, ev);
+
+    if (a->alert_level)
+        kernel_alert(c, a->alert_level, a->alert_desc);
+    if (!a->ends)
+        return true;
+    if (ev == KTLA_EV_ALERT_CLOSE_NOTIFY)
+        c->peer_closed = true;
+    recv_done(c, a->code);
+    return false;
+}
+
+/* Kernel mode: a receive failed; the errors that are the peer's records get their alert. */
+static void kernel_rx_error(struct ktla_conn *c, int code)
+{
+    switch (code) {
+    case KTLA_EBADMAC:
+        kernel_event(c, KTLA_EV_BAD_MAC);
+        return;
+    case KTLA_ERECORD_OVERFLOW:
+        kernel_event(c, KTLA_EV_OVERFLOW);
+        return;
+    case KTLA_EBADVERSION:
+        kernel_event(c, KTLA_EV_BAD_VERSION);
+        return;
+    default:
+        recv_done(c, code);
+    }
+}
+
+static void kernel_recv_again(struct ktla_conn *c)
+{
+    if (recv_submit_socket(c, c->rbuf, c->rlen) < 0)
+        recv_done(c, -EBUSY);
+}
+
+/*
  * A TLS 1.3 KeyUpdate from the peer in kernel mode (RFC 8446 §4.6.3). Kernels from 6.14 stop
  * decrypting after it until they get the next receive key; older ones cannot take one, and the
  * connection cannot go on. The update is invisible to the application: its receive continues.
  */
-static void kernel_key_update(struct ktla_conn *c, const uint8_t *msg)
+static void kernel_key_update(struct ktla_conn *c, uint8_t request_update)
 {
     struct ktla_rekey *rk = c->rk;
     struct ktla_key k;
@@ -201,44 +314,77 @@ static void kernel_key_update(struct ktla_conn *c, const uint8_t *msg)
     if (ret < 0)
         return recv_done(c, ret == KTLA_EALREADY ? KTLA_ENOREKEY : ret);
     c->info.key_updates_rx++;
-    if (msg[4] == 1) { /* update_requested: ours goes out before anything else we send */
+    if (request_update == 1) { /* update_requested: ours goes out before anything else we send */
         rk->tx_due = true;
         rekey_tx(c);
     }
-    if (recv_submit_socket(c, c->rbuf, c->rlen) < 0)
-        recv_done(c, -EBUSY);
+    kernel_recv_again(c);
+}
+
+/* Kernel mode, a handshake record: its messages in turn (they may also arrive in pieces). */
+static void kernel_handshake_record(struct ktla_conn *c, const uint8_t *p, size_t n)
+{
+    size_t off = 0;
+    do {
+        enum ktla_event ev;
+        uint8_t request_update = 0;
+        off += ktla_hs_reader_feed(&c->hsr, p + off, n - off, &ev, &request_update);
+        if (ev == KTLA_EV_COUNT)
+            break; /* the message goes on in the next record */
+        /* A KeyUpdate ends its record (the reader checked), so nothing follows it here. */
+        if (ev == KTLA_EV_KEY_UPDATE && c->info.version == KTLA_TLS1_3)
+            return kernel_key_update(c, request_update);
+        if (!kernel_event(c, ev))
+            return;
+    } while (off < n);
+    kernel_recv_again(c);
 }
 
 /* Kernel mode: the next record is not data. Read it with its type and act on it. */
 static void kernel_control_record(struct ktla_conn *c)
 {
-    uint8_t buf[512], type;
+    uint8_t buf[KTLA_RECORD_MAX], type;
     ssize_t n = ktla_ktls_recv_record(c->fd, buf, sizeof(buf), &type, MSG_DONTWAIT);
+    enum ktla_event ev;
 
     if (n < 0)
-        return recv_done(c, n);
-    if (type == KTLA_RT_ALERT && n >= 2) {
-        if (buf[1] == 0) { /* close_notify */
-            c->peer_closed = true;
-            return recv_done(c, 0);
-        }
-        /* TLS 1.2 warning alerts other than close_notify carry no meaning worth a close. */
-        if (buf[0] == 1 && c->info.version == KTLA_TLS1_2) {
-            if (recv_submit_socket(c, c->rbuf, c->rlen) < 0)
-                recv_done(c, -EBUSY);
-            return;
-        }
-        return recv_done(c, KTLA_EALERT);
+        return kernel_rx_error(c, (int)n);
+    /* RFC 8446 §5.1: no other record inside a handshake message that arrives in pieces. */
+    if (ktla_hs_reader_busy(&c->hsr) && type != KTLA_RT_HANDSHAKE) {
+        kernel_event(c, KTLA_EV_HS_INTERLEAVED);
+        return;
     }
-    /* A KeyUpdate changes keys, so it must end its record (RFC 8446 §5.1): exactly one, whole. */
-    if (type == KTLA_RT_HANDSHAKE && n == 5 && buf[0] == 24 /* key_update */ && buf[1] == 0 &&
-        buf[2] == 0 && buf[3] == 1 && buf[4] <= 1 && c->info.version == KTLA_TLS1_3)
-        return kernel_key_update(c, buf);
-    /* A client sends nothing else after a TLS 1.3 handshake (RFC 8446 §4.6), and renegotiation
-     * is off for TLS 1.2: anything else is answered as the RFC says, then the connection ends. */
-    static const uint8_t unexpected_message[2] = {2, 10};
-    ktla_ktls_send_record(c->fd, KTLA_RT_ALERT, unexpected_message, 2, MSG_DONTWAIT);
-    recv_done(c, KTLA_EUNEXPECTED);
+    switch (type) {
+    case KTLA_RT_HANDSHAKE:
+        return kernel_handshake_record(c, buf, (size_t)n);
+    case KTLA_RT_ALERT:
+        if (n == 0)
+            ev = KTLA_EV_ALERT_EMPTY;
+        else if (n != 2)
+            ev = KTLA_EV_ALERT_MALFORMED;
+        else if (buf[1] == KTLA_AD_CLOSE_NOTIFY)
+            ev = KTLA_EV_ALERT_CLOSE_NOTIFY;
+        else if (buf[1] == KTLA_AD_USER_CANCELED && (buf[0] == 1 || c->info.version == KTLA_TLS1_3))
+            ev = KTLA_EV_ALERT_USER_CANCELED;
+        else
+            ev = buf[0] == 1 ? KTLA_EV_ALERT_WARNING : KTLA_EV_ALERT_FATAL;
+        break;
+    case KTLA_RT_CHANGE_CIPHER_SPEC:
+        ev = KTLA_EV_CCS;
+        break;
+    case KTLA_RT_APPLICATION_DATA:
+        /* A plain receive said the next record was not data; should the kernel still hand
+         * data here, it goes where the receive wanted it. */
+        if ((size_t)n > c->rlen)
+            return recv_done(c, KTLA_EUNEXPECTED);
+        memcpy(c->rbuf, buf, (size_t)n);
+        return recv_done(c, n);
+    default:
+        ev = KTLA_EV_UNKNOWN_TYPE;
+        break;
+    }
+    if (kernel_event(c, ev))
+        kernel_recv_again(c);
 }
 
 static void on_recv(struct ktla_conn *c, int res)
@@ -266,13 +412,17 @@ static void on_recv(struct ktla_conn *c, int res)
 
     if (c->info.rx_mode == KTLA_MODE_USERSPACE)
         return us_recv_step(c);
+    if (res > 0 && ktla_hs_reader_busy(&c->hsr)) { /* data inside a handshake message */
+        kernel_event(c, KTLA_EV_HS_INTERLEAVED);
+        return;
+    }
     if (res > 0)
         return recv_done(c, res);
     if (res == 0)
         return recv_done(c, c->peer_closed ? 0 : KTLA_ETRUNCATED);
     if (res == -EIO)
         return kernel_control_record(c);
-    recv_done(c, ktla_ktls_error(-res, KTLA_OP_IO));
+    kernel_rx_error(c, ktla_ktls_error(-res, KTLA_OP_IO));
 }
 
 /*
@@ -626,6 +776,8 @@ static void us_send_step(struct ktla_conn *c)
             send_done(c, -EBUSY);
         return;
     }
+    c->info.bytes_sent += c->enc_plain;
+    c->enc_plain = 0;
     c->enc_off = c->enc_len = 0;
     if (c->sdone == c->slen)
         return send_done(c, (ssize_t)c->slen);
@@ -645,7 +797,7 @@ static void us_send_step(struct ktla_conn *c)
     int ret = us_encrypt(c, c->sbuf + c->sdone, n);
     if (ret < 0)
         return send_done(c, ret);
-    sent(c, n);
+    encrypted(c, n);
     us_send_step(c);
 }
 
@@ -656,7 +808,7 @@ static void on_file_read(struct ktla_conn *c, int res)
     int ret = us_encrypt(c, c->chunk, (size_t)res);
     if (ret < 0)
         return send_done(c, ret);
-    sent(c, (size_t)res);
+    encrypted(c, (size_t)res);
     us_send_step(c);
 }
 
@@ -686,6 +838,7 @@ static int start_send(struct ktla_conn *c, ktla_io_cb cb, void *arg)
     c->scb = cb;
     c->sarg = arg;
     c->sdone = 0;
+    c->enc_plain = 0;
     return 0;
 }
 
@@ -711,7 +864,7 @@ int ktla_conn_send(struct ktla_conn *c, const void *buf, size_t len, ktla_io_cb 
     ret = us_encrypt(c, buf, len < US_CHUNK ? len : US_CHUNK);
     if (ret < 0)
         return ret;
-    sent(c, len < US_CHUNK ? len : US_CHUNK);
+    encrypted(c, len < US_CHUNK ? len : US_CHUNK);
     if (!submit_send(c, c->enc, c->enc_len))
         return -EBUSY;
     c->sbusy = true;
@@ -764,18 +917,220 @@ int ktla_conn_sendfile(struct ktla_conn *c, int file_fd, uint64_t offset, size_t
     return 0;
 }
 
-/* ---- closing and routing */
+/* ---- closing: the graceful shutdown */
+
+/* Cancels every operation on the socket and waits for the cancellations (Linux 6.0+), so that no
+ * buffer of the application is touched once this returns. Their completions still come. */
+static void cancel_socket_ops(struct ktla_conn *c)
+{
+    io_uring_submit(c->ring);
+    struct io_uring_sync_cancel_reg reg = {
+        .fd = c->fd,
+        .flags = IORING_ASYNC_CANCEL_FD | IORING_ASYNC_CANCEL_ALL,
+        .timeout = {.tv_sec = -1, .tv_nsec = -1},
+    };
+    int ret = io_uring_register_sync_cancel(c->ring, &reg);
+    /* Older kernels lack the synchronous cancel; shutting the socket down ends the operations
+     * promptly, though not before this returns. */
+    if (ret < 0 && ret != -ENOENT)
+        shutdown(c->fd, SHUT_RDWR);
+    if (c->sp) { /* a file -> pipe splice runs on the pipe, not on the socket */
+        reg.fd = c->sp->w;
+        io_uring_register_sync_cancel(c->ring, &reg);
+    }
+}
+
+/*
+ * Reads and drops what the peer sent, without waiting: 1 at the peer's end of stream, 0 when
+ * nothing more is there now, or a negative code. Kernel receive: records are decrypted and
+ * dropped (control records too: recvmsg takes them with their type); userspace receive: the
+ * ciphertext is dropped unread, OpenSSL has nothing more to do with it.
+ */
+static int linger_drop(struct ktla_conn *c)
+{
+    uint8_t buf[KTLA_RECORD_MAX];
+
+    for (;;) {
+        ssize_t n;
+        if (c->info.rx_mode == KTLA_MODE_KERNEL) {
+            uint8_t type;
+            n = ktla_ktls_recv_record(c->fd, buf, sizeof(buf), &type, MSG_DONTWAIT);
+        } else {
+            n = recv(c->fd, buf, sizeof(buf), MSG_DONTWAIT);
+            if (n < 0)
+                n = -errno;
+        }
+        if (n == -EAGAIN)
+            return 0;
+        if (n == -EINTR)
+            continue;
+        if (n <= 0)
+            return n == 0 ? 1 : (int)n;
+        c->linger_dropped += (size_t)n;
+        if (c->linger_dropped > LINGER_DROP_MAX)
+            return KTLA_ELINGER;
+    }
+}
+
+/*
+ * Our close_notify, without waiting: 1 when it is out (or cannot be sent: then the FIN alone
+ * ends the stream), 0 when the socket has no room for it yet. Either way what was queued before
+ * it goes first: the kernel sends in order.
+ */
+static int linger_close_notify(struct ktla_conn *c)
+{
+    if (c->info.tx_mode == KTLA_MODE_KERNEL) {
+        if (c->fatal_sent) /* nothing follows a fatal alert */
+            return 1;
+        ssize_t n = ktla_ktls_send_record(c->fd, KTLA_RT_ALERT, close_notify,
+                                          sizeof(close_notify), MSG_DONTWAIT);
+        return n == -EAGAIN ? 0 : 1;
+    }
+    if (!c->ssl)
+        return 1;
+    if (c->enc_off >= c->enc_len) { /* not made yet: every earlier byte is on the wire */
+        c->enc_off = c->enc_len = 0;
+        SSL_shutdown(c->ssl); /* writes the alert into the memory BIO; 0 or 1 both do */
+        ERR_clear_error();
+        BIO *wbio = SSL_get_wbio(c->ssl);
+        size_t pending = BIO_ctrl_pending(wbio);
+        if (!pending)
+            return 1; /* OpenSSL would not (a fatal error came first) */
+        if (pending > c->enc_cap) {
+            uint8_t *e = realloc(c->enc, pending);
+            if (!e)
+                return 1;
+            c->enc = e;
+            c->enc_cap = pending;
+        }
+        c->enc_len = (size_t)BIO_read(wbio, c->enc, (int)pending);
+    }
+    while (c->enc_off < c->enc_len) {
+        ssize_t n = send(c->fd, c->enc + c->enc_off, c->enc_len - c->enc_off,
+                         MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n > 0) {
+            c->enc_off += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        return n < 0 && errno == EAGAIN ? 0 : 1;
+    }
+    return 1;
+}
+
+/* The socket closes now; the callback and the memory follow once nothing is in flight. */
+static void linger_end(struct ktla_conn *c, int result)
+{
+    if (result != 0) {
+        /* Whatever arrived meanwhile goes, so that close() has no reason to reset the
+         * connection while what we sent is still on its way. */
+        (void)linger_drop(c);
+    }
+    close(c->fd);
+    c->fd = -1;
+    c->info.fd = -1;
+    c->close_result = result;
+    c->state = KTLA_CONN_CLOSING;
+    ktla_conn_reap(c);
+}
+
+static void linger_step(struct ktla_conn *c)
+{
+    if (!c->cn_sent && linger_close_notify(c)) {
+        c->cn_sent = true;
+        shutdown(c->fd, SHUT_WR);
+    }
+    int ret = linger_drop(c);
+    if (ret == 1) /* the peer closed: if our close_notify never got out, it did not wait for it */
+        return linger_end(c, c->cn_sent ? 0 : -EPIPE);
+    if (ret < 0)
+        return linger_end(c, ret);
+
+    uint64_t now = ktla_now_ns();
+    if (now >= c->linger_deadline_ns)
+        return linger_end(c, -ETIMEDOUT);
+    /* A poll and its deadline in one submission: flushed apart, the link would not hold. */
+    if (io_uring_sq_space_left(c->ring) < 2 && io_uring_submit(c->ring) < 0)
+        return linger_end(c, -EBUSY);
+    struct io_uring_sqe *poll = io_uring_get_sqe(c->ring);
+    if (!poll)
+        return linger_end(c, -EBUSY);
+    /* Waiting for room for close_notify, input is dropped meanwhile: a client blocked on
+     * sending could otherwise never read what makes room. */
+    io_uring_prep_poll_add(poll, c->fd, c->cn_sent ? POLLIN : POLLIN | POLLOUT);
+    poll->flags |= IOSQE_IO_LINK;
+    submit(c, poll, &c->lop, KTLA_OP_LINGER);
+    uint64_t left = c->linger_deadline_ns - now;
+    c->lts.tv_sec = (long long)(left / 1000000000u);
+    c->lts.tv_nsec = (long long)(left % 1000000000u);
+    struct io_uring_sqe *tmo = io_uring_get_sqe(c->ring); /* there is room: checked above */
+    io_uring_prep_link_timeout(tmo, &c->lts, 0);
+    submit(c, tmo, &c->lto, KTLA_OP_LINGER_TIMEOUT);
+}
+
+static void on_linger(struct ktla_conn *c, int res)
+{
+    if (res == -ECANCELED) /* the linked deadline passed */
+        return linger_end(c, -ETIMEDOUT);
+    if (res < 0)
+        return linger_end(c, res);
+    linger_step(c);
+}
+
+int ktla_conn_shutdown(struct ktla_conn *c, unsigned linger_ms, ktla_close_cb cb, void *arg)
+{
+    if (!c)
+        return KTLA_EINVAL;
+    if (c->state != KTLA_CONN_ESTABLISHED)
+        return KTLA_ECLOSED;
+    if (c->sbusy)
+        return KTLA_EBUSY;
+    /* The first step runs from the ring: the callback must never run inside this call. Room
+     * for it is made first, and the entry taken only after the cancellation, which submits
+     * what is queued (an entry taken before would go out unprepared). */
+    if (!io_uring_sq_space_left(c->ring) && io_uring_submit(c->ring) < 0)
+        return -EBUSY;
+    if (c->inflight) /* a receive, or a KeyUpdate waiting for room: neither matters now */
+        cancel_socket_ops(c);
+    struct io_uring_sqe *sqe = ktla_ring_sqe(c->ring); /* there is room: made above */
+    c->rbusy = false;
+    c->lop.conn = c->lto.conn = c;
+    c->close_cb = cb;
+    c->close_arg = arg;
+    c->close_result = 0;
+    c->linger_dropped = 0;
+    c->cn_sent = false;
+    c->linger_deadline_ns = ktla_now_ns() + (uint64_t)linger_ms * 1000000u;
+    c->state = KTLA_CONN_LINGER;
+    io_uring_prep_nop(sqe);
+    submit(c, sqe, &c->lop, KTLA_OP_LINGER);
+    return 0;
+}
+
+/* ---- closing at once, and routing */
 
 void ktla_conn_close(struct ktla_conn *c)
 {
     if (!c)
         return;
+    /* A graceful shutdown in progress, or over and waiting for its last completions: cut short,
+     * and its callback never runs (the application may free what it gave as its argument). */
+    c->close_cb = NULL;
+    if (c->state == KTLA_CONN_LINGER) {
+        c->state = KTLA_CONN_CLOSING;
+        if (c->inflight)
+            cancel_socket_ops(c);
+        ktla_conn_reap(c);
+        return;
+    }
     if (c->state == KTLA_CONN_ESTABLISHED) {
         /* close_notify, best effort and without waiting: a peer that reads nothing more must not
          * hold the connection open. */
         if (c->info.tx_mode == KTLA_MODE_KERNEL) {
-            ktla_ktls_send_record(c->fd, KTLA_RT_ALERT, close_notify, sizeof(close_notify),
-                                  MSG_DONTWAIT);
+            if (!c->fatal_sent)
+                ktla_ktls_send_record(c->fd, KTLA_RT_ALERT, close_notify, sizeof(close_notify),
+                                      MSG_DONTWAIT);
         } else if (c->ssl) {
             SSL_shutdown(c->ssl);
             char *data;
@@ -786,28 +1141,10 @@ void ktla_conn_close(struct ktla_conn *c)
         }
     }
     c->state = KTLA_CONN_CLOSING;
-    if (c->inflight) {
-        /*
-         * The application may free its buffers as soon as this returns, so the kernel must be
-         * done with them: submit what is queued, then cancel and wait for everything on this
-         * socket (Linux 6.0+). Their completions still come and free the connection. Older
-         * kernels lack the synchronous cancel; shutting the socket down ends the operations
-         * promptly, though not before this returns.
-         */
-        io_uring_submit(c->ring);
-        struct io_uring_sync_cancel_reg reg = {
-            .fd = c->fd,
-            .flags = IORING_ASYNC_CANCEL_FD | IORING_ASYNC_CANCEL_ALL,
-            .timeout = {.tv_sec = -1, .tv_nsec = -1},
-        };
-        int ret = io_uring_register_sync_cancel(c->ring, &reg);
-        if (ret < 0 && ret != -ENOENT)
-            shutdown(c->fd, SHUT_RDWR);
-        if (c->sp) { /* a file -> pipe splice runs on the pipe, not on the socket */
-            reg.fd = c->sp->w;
-            io_uring_register_sync_cancel(c->ring, &reg);
-        }
-    }
+    /* The application may free its buffers as soon as this returns, so the kernel must be done
+     * with them. (A shutdown that is over has closed its socket and holds none of them.) */
+    if (c->inflight && c->fd >= 0)
+        cancel_socket_ops(c);
     ktla_conn_reap(c);
 }
 
@@ -816,6 +1153,13 @@ void ktla_conn_complete(struct ktla_op *op, struct io_uring_cqe *cqe)
     struct ktla_conn *c = op->conn;
 
     c->inflight--;
+    if (c->state == KTLA_CONN_LINGER) {
+        /* Only the linger's own poll moves it on; the linked timeout's completion and those of
+         * operations cancelled when it began carry nothing. */
+        if (op == &c->lop)
+            on_linger(c, cqe->res);
+        return;
+    }
     if (c->state != KTLA_CONN_ESTABLISHED) {
         ktla_conn_reap(c);
         return;

@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "alert.h"
 #include "handshake.h"
 #include "keys.h"
 #include "ktla.h"
@@ -28,6 +29,8 @@ enum ktla_op_kind {
     KTLA_OP_SPLICE_IN,  /* established, kernel mode, splice path: file -> pipe */
     KTLA_OP_SPLICE_OUT, /* established, kernel mode, splice path: pipe -> socket */
     KTLA_OP_REKEY_POLLOUT, /* established, kernel mode: our KeyUpdate waits for room */
+    KTLA_OP_LINGER,         /* shutting down: room for close_notify, or input to drop */
+    KTLA_OP_LINGER_TIMEOUT, /* shutting down: the linger's deadline, linked to KTLA_OP_LINGER */
 };
 
 /* Embedded in whatever owns the operation; user_data = its address | 1 (see ktla_dispatch). */
@@ -40,6 +43,7 @@ struct ktla_op {
 enum ktla_conn_state {
     KTLA_CONN_HANDSHAKE,
     KTLA_CONN_ESTABLISHED,
+    KTLA_CONN_LINGER,  /* ktla_conn_shutdown: close_notify, FIN, dropping input until the peer's */
     KTLA_CONN_CLOSING, /* waiting for its operations to finish before it is freed */
 };
 
@@ -87,6 +91,8 @@ struct ktla_conn {
     uint8_t *early;        /* plaintext that came with the handshake, not yet delivered */
     size_t early_len, early_off;
     bool peer_closed;      /* close_notify seen */
+    bool fatal_sent;       /* a fatal alert went out: nothing more may follow it */
+    struct ktla_hs_reader hsr; /* kernel mode: a handshake message arriving in pieces */
 
     void *rbuf;            /* the application's receive in progress */
     size_t rlen;
@@ -105,10 +111,21 @@ struct ktla_conn {
     void *sarg;
     bool sbusy;
 
+    /* Shutting down (ktla_conn_shutdown). */
+    struct ktla_op lop, lto;        /* the linger's poll (or first NOP) and its linked timeout */
+    struct __kernel_timespec lts;   /* read when the timeout is submitted */
+    uint64_t linger_deadline_ns;
+    size_t linger_dropped;          /* bytes read and dropped */
+    bool cn_sent;                   /* close_notify out (or given up on) and SHUT_WR done */
+    int close_result;
+    ktla_close_cb close_cb;
+    void *close_arg;
+
     uint8_t *raw;          /* userspace mode: ciphertext received (rx) */
     size_t raw_cap;
     uint8_t *enc;          /* userspace mode: ciphertext to send (tx), and a file chunk */
     size_t enc_len, enc_off, enc_cap;
+    size_t enc_plain;      /* plaintext bytes in enc: counted as sent once enc is on the wire */
     uint8_t *chunk;
 };
 

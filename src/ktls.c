@@ -20,6 +20,14 @@
 #define SOL_TLS 282
 #endif
 
+#define KTLA_SYS_LIBC                                                                              \
+    {                                                                                              \
+        .setsockopt = setsockopt, .getsockopt = getsockopt, .sendmsg = sendmsg,                    \
+        .recvmsg = recvmsg,                                                                        \
+    }
+const struct ktla_sys ktla_sys_libc = KTLA_SYS_LIBC;
+struct ktla_sys ktla_sys = KTLA_SYS_LIBC;
+
 size_t ktla_cipher_key_len(enum ktla_cipher cipher)
 {
     switch (cipher) {
@@ -184,7 +192,7 @@ int ktla_ktls_error(int err, enum ktla_ktls_op op)
 
 int ktla_ktls_attach(int fd)
 {
-    if (setsockopt(fd, SOL_TCP, TCP_ULP, "tls", sizeof("tls") - 1) < 0)
+    if (ktla_sys.setsockopt(fd, SOL_TCP, TCP_ULP, "tls", sizeof("tls") - 1) < 0)
         return ktla_ktls_error(errno, KTLA_OP_ATTACH);
     return 0;
 }
@@ -213,12 +221,12 @@ static int ktls_readback(int fd, enum ktla_dir dir, uint8_t buf[KTLA_CRYPTO_INFO
     socklen_t len = sizeof(struct tls_crypto_info);
 
     memset(buf, 0, KTLA_CRYPTO_INFO_MAX);
-    if (getsockopt(fd, SOL_TLS, opt, buf, &len) < 0)
+    if (ktla_sys.getsockopt(fd, SOL_TLS, opt, buf, &len) < 0)
         return ktla_ktls_error(errno, KTLA_OP_INSTALL);
     len = (socklen_t)crypto_info_size(((struct tls_crypto_info *)buf)->cipher_type);
     if (len == 0)
         return KTLA_EVERIFY;
-    if (getsockopt(fd, SOL_TLS, opt, buf, &len) < 0)
+    if (ktla_sys.getsockopt(fd, SOL_TLS, opt, buf, &len) < 0)
         return ktla_ktls_error(errno, KTLA_OP_INSTALL);
     return (int)len;
 }
@@ -288,7 +296,8 @@ int ktla_ktls_install(int fd, enum ktla_dir dir, const struct ktla_key *k)
         ret = want_len;
         goto out_wipe_want;
     }
-    if (setsockopt(fd, SOL_TLS, dir == KTLA_DIR_TX ? TLS_TX : TLS_RX, want, (socklen_t)want_len) <
+    if (ktla_sys.setsockopt(fd, SOL_TLS, dir == KTLA_DIR_TX ? TLS_TX : TLS_RX, want,
+                           (socklen_t)want_len) <
         0) {
         ret = ktla_ktls_error(errno, KTLA_OP_INSTALL);
         goto out_wipe_want;
@@ -334,7 +343,7 @@ ssize_t ktla_ktls_send_record(int fd, uint8_t type, const void *buf, size_t len,
         cmsg->cmsg_len = CMSG_LEN(sizeof(uint8_t));
         *CMSG_DATA(cmsg) = type;
     }
-    n = sendmsg(fd, &msg, flags | MSG_NOSIGNAL);
+    n = ktla_sys.sendmsg(fd, &msg, flags | MSG_NOSIGNAL);
     return n < 0 ? ktla_ktls_error(errno, KTLA_OP_IO) : n;
 }
 
@@ -348,7 +357,7 @@ ssize_t ktla_ktls_recv_record(int fd, void *buf, size_t len, uint8_t *type, int 
         .msg_control = control,
         .msg_controllen = sizeof(control),
     };
-    ssize_t n = recvmsg(fd, &msg, flags);
+    ssize_t n = ktla_sys.recvmsg(fd, &msg, flags);
 
     if (n < 0) {
         int ret = ktla_ktls_error(errno, KTLA_OP_IO);

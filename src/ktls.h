@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include "ktla.h"
@@ -99,6 +100,21 @@ ssize_t ktla_ktls_send_record(int fd, uint8_t type, const void *buf, size_t len,
  * KTLA_EBADMAC, KTLA_ERECORD_OVERFLOW, KTLA_EBADVERSION, KTLA_EKEYEXPIRED, -EAGAIN, -errno.
  */
 ssize_t ktla_ktls_recv_record(int fd, void *buf, size_t len, uint8_t *type, int flags);
+
+/*
+ * The system calls made on a kernel TLS socket, by this layer and by the kernel-mode connection,
+ * gathered here so that a test can put a scripted kernel behind them (as s2n-tls does for its
+ * kTLS I/O): control records, alerts and the kernel's errors then run on any host, in memory.
+ * libc's by default; a test swaps them before any connection exists and puts them back after.
+ */
+struct ktla_sys {
+    int (*setsockopt)(int fd, int level, int name, const void *val, socklen_t len);
+    int (*getsockopt)(int fd, int level, int name, void *val, socklen_t *len);
+    ssize_t (*sendmsg)(int fd, const struct msghdr *msg, int flags);
+    ssize_t (*recvmsg)(int fd, struct msghdr *msg, int flags);
+};
+extern struct ktla_sys ktla_sys;
+extern const struct ktla_sys ktla_sys_libc;
 
 /* Which system call a kernel error came from: the same errno means different things. */
 enum ktla_ktls_op { KTLA_OP_ATTACH, KTLA_OP_INSTALL, KTLA_OP_IO };

@@ -1,6 +1,7 @@
 /*
  * The access log line. Common Log Format first, so existing tools read it, then what this server
- * adds: TLS version, cipher, who carries the record layer, bytes sent in all, duration. The
+ * adds: TLS version, cipher, who carries the record layer, bytes sent in all, duration, and how
+ * the response ended (a download cut short says so, with the bytes that did go out). The
  * request target comes from the client, so anything but printable ASCII is escaped: a log line
  * can never be split or forged.
  */
@@ -42,16 +43,18 @@ size_t log_format(char *buf, size_t cap, const struct log_entry *e)
     }
     target[t] = '\0';
 
+    const char *end = e->end ? e->end : "ok";
     int n;
     if (e->method)
-        n = snprintf(buf, cap, "%s - - [%s] \"%s %s HTTP/%u.%u\" %d %llu %s %s %s %llu %.6f\n",
+        n = snprintf(buf, cap, "%s - - [%s] \"%s %s HTTP/%u.%u\" %d %llu %s %s %s %llu %.6f %s\n",
                      host, when, e->method, target, e->major, e->minor, e->status,
                      (unsigned long long)e->body_bytes, e->tls_version, e->cipher, e->mode,
-                     (unsigned long long)e->total_bytes, (double)e->duration_ns / 1e9);
+                     (unsigned long long)e->total_bytes, (double)e->duration_ns / 1e9, end);
     else /* no request line could be read: CLF's "-" */
-        n = snprintf(buf, cap, "%s - - [%s] \"-\" %d %llu %s %s %s %llu %.6f\n", host, when,
+        n = snprintf(buf, cap, "%s - - [%s] \"-\" %d %llu %s %s %s %llu %.6f %s\n", host, when,
                      e->status, (unsigned long long)e->body_bytes, e->tls_version, e->cipher,
-                     e->mode, (unsigned long long)e->total_bytes, (double)e->duration_ns / 1e9);
+                     e->mode, (unsigned long long)e->total_bytes, (double)e->duration_ns / 1e9,
+                     end);
     if (n < 0)
         return 0;
     if ((size_t)n >= cap) {

@@ -206,10 +206,13 @@ struct log_entry {
     const char *cipher;
     const char *mode; /* kernel, userspace, or which direction */
     uint64_t duration_ns;
+    const char *end; /* how the response ended: "ok" (all of it handed to the socket), or why
+                        it was cut ("client-gone", "timeout", "shutdown", "file-error"...) */
 };
 
 /* One access-log line: Common Log Format, then TLS version, cipher, record-layer mode, bytes
- * sent in all, duration in seconds; a newline at the end. Returns its length (truncated to cap). */
+ * sent in all, duration in seconds, how the response ended; a newline at the end. Returns its
+ * length (truncated to cap). */
 size_t log_format(char *buf, size_t cap, const struct log_entry *e);
 
 /* ---- cert.c */

@@ -7,9 +7,12 @@
  *
  * A connection goes READ (request head into `in`, through http_reader) -> WRITE (head with
  * ktla_conn_send, body in slices with ktla_conn_sendfile) -> READ again for the next request,
- * pipelined bytes first; or LINGER: after an error that leaves unread input, keep reading and
- * dropping it for a moment so that closing does not reset the connection before the client has
- * read the answer.
+ * pipelined bytes first. A connection ends gracefully (ktla_conn_shutdown: close_notify, FIN,
+ * then the client's remaining input read and dropped until it closes too, for at most LINGER_MS)
+ * whenever the client may still be reading what we sent, so that closing never resets a
+ * connection whose answer is still on its way; abortively (ktla_conn_close) only on errors and
+ * for clients that stopped reading. A connection being shut down still counts against
+ * --max-connections until ktla says it is gone.
  *
  * Memory: an idle keep-alive connection is one small block (struct sconn, with a receive buffer
  * inside it), since most servers' connections are idle most of the time. The reader and its
@@ -30,13 +33,13 @@
 #include "worker.h"
 
 #define BODY_SLICE (1u << 20) /* sendfile per call: progress for the idle timeout, fairness */
-#define LINGER_NS (2ull * 1000000000ull)
+#define LINGER_MS 5000 /* a graceful end waits this long at most for the client's own close */
 #define GRAVE_NS (2ull * 1000000000ull)
 #define NS 1000000000ull
 
 enum { OWN_TICK = 1, OWN_WAKE, OWN_CANCEL };
 
-enum sconn_state { S_READ, S_WRITE, S_LINGER };
+enum sconn_state { S_READ, S_WRITE };
 
 /* Receive buffers are lent to a connection only while a request arrives. 1 KiB holds the heads
  * of curl, wget and load generators; a browser's takes a second receive into a grown buffer. */
@@ -56,14 +59,16 @@ struct sconn {
     bool recv_pending, send_pending; /* an operation in flight that uses our buffers */
     bool ready_pending;              /* waiting for input, holding no buffer */
     bool trimmed;                    /* ...and ktla's userspace buffers given back */
-    bool close_after, linger_after, head_only;
+    bool close_after, head_only;
     int file_fd;
     int status;
     unsigned in_len, in_off, in_cap; /* at most HTTP_HEAD_MAX */
     unsigned inline_body;            /* an error's text, sent with the head */
     unsigned out_len;
-    uint64_t active_ns, req_start_ns, linger_until_ns, dead_ns;
-    uint64_t body_off, body_left, body_sent, head_len;
+    uint64_t active_ns, req_start_ns, dead_ns;
+    uint64_t body_off, body_left, body_sent;
+    uint64_t sent_base; /* ktla's bytes_sent when this response began */
+    unsigned head_len;
     uint64_t seen_sent; /* ktla's bytes_sent at the last tick: a body slice still moving */
 };
 
@@ -132,7 +137,9 @@ static const char *mode_name(const struct ktla_conn_info *i)
     return i->tx_mode == KTLA_MODE_KERNEL ? "kernel-tx" : "kernel-rx";
 }
 
-static void log_request(struct sconn *c)
+/* One line per response that was begun: `end` says how it ended ("ok": handed to the socket
+ * whole). */
+static void log_request(struct sconn *c, const char *end)
 {
     struct worker *w = c->w;
     const struct ktla_conn_info *i = ktla_conn_get_info(c->kc);
@@ -157,6 +164,7 @@ static void log_request(struct sconn *c)
         .cipher = i->cipher_name,
         .mode = mode_name(i),
         .duration_ns = now_ns() - c->req_start_ns,
+        .end = end,
     };
     if (sizeof(w->logbuf) - w->loglen < 1024)
         log_flush(w);
@@ -236,7 +244,8 @@ static void grow_in(struct sconn *c)
     c->in_cap = (unsigned)cap;
 }
 
-static void conn_close(struct sconn *c)
+/* Off the worker's list of connections that read and answer requests. */
+static void conn_unlink(struct sconn *c)
 {
     struct worker *w = c->w;
 
@@ -246,11 +255,36 @@ static void conn_close(struct sconn *c)
         w->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
-    w->nconns--;
-    ktla_conn_close(c->kc);
+    c->prev = c->next = NULL;
     if (c->file_fd >= 0)
         close(c->file_fd);
     c->file_fd = -1;
+}
+
+/* What went out of a response cut short: ktla counts what left, whatever the slice. */
+static void log_cut(struct sconn *c, const char *why)
+{
+    if (c->state != S_WRITE || !c->rd)
+        return;
+    uint64_t total = ktla_conn_get_info(c->kc)->bytes_sent - c->sent_base;
+    uint64_t head = c->head_len ? c->head_len : c->out_len - c->inline_body;
+    if (head > total)
+        head = total;
+    c->head_len = (unsigned)head;
+    c->body_sent = total - head;
+    log_request(c, why);
+}
+
+/* The abortive end: errors, clients that stopped reading, the drain's deadline. `why` is the
+ * access log's word for a response this cuts short. */
+static void conn_close(struct sconn *c, const char *why)
+{
+    struct worker *w = c->w;
+
+    log_cut(c, why);
+    conn_unlink(c);
+    w->nconns--;
+    ktla_conn_close(c->kc);
     http_reader_free(c->rd);
     c->rd = NULL;
     if (!c->recv_pending && !c->send_pending) {
@@ -262,6 +296,40 @@ static void conn_close(struct sconn *c)
     c->dead_ns = now_ns();
     c->next = w->grave;
     w->grave = c;
+}
+
+static void on_closed(struct ktla_conn *kc, int result, void *arg)
+{
+    struct sconn *c = arg;
+    struct worker *w = c->w;
+    (void)kc;
+    (void)result;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        w->closing = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    w->nconns--;
+    sconn_free(c);
+}
+
+/* The graceful end (see the top of this file). Only when no send of ours is in flight; a
+ * receive in flight is cancelled by ktla, and its buffer free once on_closed runs. */
+static void conn_end(struct sconn *c)
+{
+    struct worker *w = c->w;
+
+    if (ktla_conn_shutdown(c->kc, LINGER_MS, on_closed, c) < 0)
+        return conn_close(c, "error");
+    conn_unlink(c);
+    http_reader_free(c->rd);
+    c->rd = NULL;
+    c->recv_pending = c->ready_pending = false;
+    c->next = w->closing;
+    if (w->closing)
+        w->closing->prev = c;
+    w->closing = c;
 }
 
 static void read_next(struct sconn *c);
@@ -277,14 +345,14 @@ static void post_recv(struct sconn *c)
     if (!c->in) {
         ret = ktla_conn_recv_ready(c->kc, on_ready, c);
         if (ret < 0)
-            return conn_close(c);
+            return conn_close(c, "error");
         c->ready_pending = true;
         c->trimmed = false; /* trimmed at the next tick if still idle then */
         return;
     }
     ret = ktla_conn_recv(c->kc, c->in + c->in_len, c->in_cap - c->in_len, on_recv, c);
     if (ret < 0)
-        return conn_close(c);
+        return conn_close(c, "error");
     c->recv_pending = true;
 }
 
@@ -305,25 +373,25 @@ static void on_ready(struct ktla_conn *kc, ssize_t n, void *arg)
     c->ready_pending = false;
     report_end(kc, n);
     if (n < 0)
-        return conn_close(c);
+        return conn_close(c, "error");
     if (!(c->in = in_get(c->w)))
-        return conn_close(c);
+        return conn_close(c, "error");
     c->in_cap = IN_BUF;
     c->in_len = c->in_off = 0;
     post_recv(c);
 }
 
-static void start_linger(struct sconn *c)
+/* The word for the access log when a send failed. */
+static const char *send_failure(ssize_t n)
 {
-    c->state = S_LINGER;
-    c->linger_until_ns = now_ns() + LINGER_NS;
-    c->in_len = c->in_off = 0;
-    post_recv(c);
+    if (n == -EPIPE || n == -ECONNRESET || n == KTLA_ETRUNCATED)
+        return "client-gone";
+    return n == -ENODATA ? "file-error" : "error";
 }
 
 static void finish_response(struct sconn *c)
 {
-    log_request(c);
+    log_request(c, "ok");
     http_reader_free(c->rd);
     c->rd = NULL;
     if (c->file_fd >= 0)
@@ -333,9 +401,9 @@ static void finish_response(struct sconn *c)
         c->close_after = true;
     if (!c->close_after)
         return read_next(c);
-    if (c->linger_after)
-        return start_linger(c);
-    conn_close(c);
+    /* Unread input (a body we refused, a head we could not read whole) is dropped by the
+     * graceful end too, so the client sees this answer rather than a reset. */
+    conn_end(c);
 }
 
 static void on_body_sent(struct ktla_conn *kc, ssize_t n, void *arg);
@@ -345,7 +413,7 @@ static void send_body_slice(struct sconn *c)
     size_t count = c->body_left > BODY_SLICE ? BODY_SLICE : (size_t)c->body_left;
     int ret = ktla_conn_sendfile(c->kc, c->file_fd, c->body_off, count, on_body_sent, c);
     if (ret < 0)
-        return conn_close(c);
+        return conn_close(c, "error");
     c->send_pending = true;
 }
 
@@ -355,7 +423,7 @@ static void on_body_sent(struct ktla_conn *kc, ssize_t n, void *arg)
     (void)kc;
     c->send_pending = false;
     if (n <= 0) /* the client went away, or the file shrank under us */
-        return conn_close(c);
+        return conn_close(c, send_failure(n));
     c->active_ns = now_ns();
     c->body_off += (uint64_t)n;
     c->body_left -= (uint64_t)n;
@@ -373,9 +441,9 @@ static void on_head_sent(struct ktla_conn *kc, ssize_t n, void *arg)
     free(c->out);
     c->out = NULL;
     if (n < 0)
-        return conn_close(c);
+        return conn_close(c, send_failure(n));
     c->active_ns = now_ns();
-    c->head_len = (uint64_t)n - c->inline_body;
+    c->head_len = (unsigned)((size_t)n - c->inline_body);
     c->body_sent = c->inline_body;
     if (c->body_left && !c->head_only)
         return send_body_slice(c);
@@ -393,6 +461,8 @@ static void respond(struct sconn *c)
 
     c->state = S_WRITE;
     c->body_sent = c->head_len = 0;
+    c->out_len = c->inline_body = 0;
+    c->sent_base = ktla_conn_get_info(c->kc)->bytes_sent;
     int status = files_answer(w->cfg->root_fd, &w->cfg->mime, q, &w->scratch, &resp, &fb);
     c->file_fd = fb.fd;
     c->body_off = fb.off;
@@ -400,10 +470,9 @@ static void respond(struct sconn *c)
     c->status = status;
     c->head_only = q->method == HTTP_HEAD && !q->status;
 
-    /* After a head that could not be read whole, or a body left unread, the next request's
-     * start is unknown: answer, then close, reading what is still coming meanwhile. */
-    c->linger_after = (q->status != 0 && !c->rd->complete) || q->has_body;
-    c->close_after = q->status != 0 || c->linger_after || !q->keep_alive || c->w->draining;
+    /* After an error, or a body left unread, the next request's start is unknown: answer, then
+     * close (gracefully: what is still coming is dropped meanwhile). */
+    c->close_after = q->status != 0 || q->has_body || !q->keep_alive || c->w->draining;
     resp.status = status;
     resp.connection = c->close_after ? -1 : q->minor == 0 ? 1 : 0;
 
@@ -421,19 +490,19 @@ static void respond(struct sconn *c)
     char *head = c->w->head;
     int n = http_format_head(head, sizeof(c->w->head) - sizeof(body), &resp);
     if (n < 0)
-        return conn_close(c);
+        return conn_close(c, "error");
     memcpy(head + n, body, body_len);
     c->inline_body = (unsigned)body_len;
     c->out_len = (unsigned)n + (unsigned)body_len;
     c->out = malloc(c->out_len);
     if (!c->out)
-        return conn_close(c);
+        return conn_close(c, "error");
     memcpy(c->out, head, c->out_len);
     int ret = ktla_conn_send(c->kc, c->out, c->out_len, on_head_sent, c);
     if (ret < 0) {
         free(c->out);
         c->out = NULL;
-        return conn_close(c);
+        return conn_close(c, "error");
     }
     c->send_pending = true;
 }
@@ -443,7 +512,7 @@ static void respond(struct sconn *c)
 static void process_input(struct sconn *c, bool filled)
 {
     if (!c->rd && !(c->rd = http_reader_new()))
-        return conn_close(c);
+        return conn_close(c, "error");
     size_t n = http_reader_feed(c->rd, c->in + c->in_off, c->in_len - c->in_off);
     c->in_off += (unsigned)n;
     if (c->in_off == c->in_len)
@@ -451,7 +520,7 @@ static void process_input(struct sconn *c, bool filled)
     if (c->rd->done)
         return respond(c);
     if (c->w->draining && c->rd->head_bytes == 0)
-        return conn_close(c);
+        return conn_end(c);
     if (filled)
         grow_in(c);
     post_recv(c);
@@ -473,7 +542,7 @@ static void read_next(struct sconn *c)
         return process_input(c, false);
     }
     if (c->w->draining)
-        return conn_close(c);
+        return conn_end(c);
     post_recv(c);
 }
 
@@ -482,13 +551,12 @@ static void on_recv(struct ktla_conn *kc, ssize_t n, void *arg)
     struct sconn *c = arg;
     c->recv_pending = false;
     report_end(kc, n);
-    if (n <= 0)
-        return conn_close(c);
+    /* The client's close_notify, or its FIN: it sends no more, and we answer in kind. */
+    if (n == 0 || n == KTLA_ETRUNCATED)
+        return conn_end(c);
+    if (n < 0)
+        return conn_close(c, "error");
     c->active_ns = now_ns();
-    if (c->state == S_LINGER) {
-        post_recv(c);
-        return;
-    }
     if (!c->req_start_ns)
         c->req_start_ns = c->active_ns;
     c->in_len += (unsigned)n;
@@ -513,6 +581,8 @@ static void on_conn(struct ktla_conn *kc, void *arg)
     w->conns = c;
     w->nconns++;
     c->recv_pending = c->send_pending = c->ready_pending = false;
+    c->state = S_READ;
+    c->req_start_ns = 0;
     c->file_fd = -1;
     c->rd = NULL;
     c->out = NULL;
@@ -524,7 +594,7 @@ static void on_conn(struct ktla_conn *kc, void *arg)
     if (w->nconns > w->cfg->max_conns) {
         /* Over the limit: a short answer rather than a silent reset. */
         if (!(c->rd = http_reader_new()))
-            return conn_close(c);
+            return conn_close(c, "error");
         c->rd->done = true;
         c->rd->req.status = 503;
         c->req_start_ns = c->active_ns;
@@ -556,9 +626,8 @@ static void begin_drain(struct worker *w)
     /* Idle keep-alive connections go now; the others once their response is out. */
     for (struct sconn *c = w->conns, *next; c; c = next) {
         next = c->next;
-        if ((c->state == S_READ && (!c->rd || c->rd->head_bytes == 0) && c->in_len == 0) ||
-            c->state == S_LINGER)
-            conn_close(c);
+        if (c->state == S_READ && (!c->rd || c->rd->head_bytes == 0) && c->in_len == 0)
+            conn_end(c);
         else
             c->close_after = true;
     }
@@ -585,13 +654,14 @@ static void tick(struct worker *w)
         }
         /* A request head must arrive whole within the idle timeout of its first byte, or a
          * byte every few seconds would hold a connection for ever (HTTP slowloris). */
-        bool expired =
-            c->state == S_LINGER ? now >= c->linger_until_ns
-                                 : now - c->active_ns >= idle ||
-                                       (c->state == S_READ && c->req_start_ns &&
-                                        now - c->req_start_ns >= idle);
-        if (expired || (w->draining && now >= w->drain_deadline_ns))
-            conn_close(c);
+        bool expired = now - c->active_ns >= idle ||
+                       (c->state == S_READ && c->req_start_ns && now - c->req_start_ns >= idle);
+        if (w->draining && now >= w->drain_deadline_ns)
+            conn_close(c, "shutdown");
+        else if (expired && c->state == S_WRITE)
+            conn_close(c, "timeout"); /* it stopped reading: nothing graceful would get out */
+        else if (expired)
+            conn_end(c);
     }
     for (struct sconn **p = &w->grave, *c; (c = *p);) {
         if (now - c->dead_ns >= GRAVE_NS) {
@@ -647,7 +717,16 @@ static void look_at_stop(struct worker *w)
         w->drain_deadline_ns = 0;
         for (struct sconn *c = w->conns, *next; c; c = next) {
             next = c->next;
-            conn_close(c);
+            conn_close(c, "shutdown");
+        }
+        /* Graceful ends still lingering are cut too: their receive was cancelled when they
+         * began, so nothing in flight uses their buffers. */
+        while (w->closing) {
+            struct sconn *c = w->closing;
+            w->closing = c->next;
+            ktla_conn_close(c->kc);
+            w->nconns--;
+            sconn_free(c);
         }
     }
 }
@@ -710,7 +789,7 @@ void worker_run(struct worker *w)
             arm_tick(w);
         if (w->cfg->log_fd >= 0 && w->loglen)
             log_flush(w);
-        if (w->draining && !w->conns)
+        if (w->draining && !w->conns && !w->closing)
             break;
     }
     wind_down(w);

@@ -40,6 +40,7 @@ struct worker {
     struct ktla_acceptor *acc;
     struct ktla_acceptor_stats stats; /* kept when the acceptor goes away */
     struct sconn *conns;              /* established connections */
+    struct sconn *closing;            /* shutting down gracefully, until ktla says they are gone */
     struct sconn *grave;              /* closed, waiting until ktla can no longer touch them */
     unsigned nconns;
     bool draining;

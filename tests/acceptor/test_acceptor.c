@@ -555,3 +555,107 @@ Test(acceptor, key_update_storm_is_cut_off)
     }
     echo_stop(s);
 }
+
+/*
+ * A client that sends its request, its close_notify and a FIN, and reads only later: the server
+ * answers with a file and ends the connection without reading any further. Closing the socket
+ * with the client's close_notify unread would make the kernel reset the connection and drop the
+ * file's tail still queued on both sides (issue 16); ktla_conn_shutdown drops that input and
+ * waits for the client's own close instead, so every byte arrives, then the server's
+ * close_notify. (With ECHO_END_CLOSE instead, a plain ktla_conn_close, this loses megabytes.)
+ */
+static void half_closed_client(struct tu_variant *v, enum ktla_file_path path)
+{
+    size_t len = 4 << 20;
+    uint8_t *data = malloc(len), *in = malloc(len + 1);
+    cr_assert(data && in);
+    char name[] = "/tmp/ktla-accept-shut-XXXXXX";
+    int fd = mkstemp(name);
+    cr_assert(fd >= 0);
+    tu_pattern(data, len, 91);
+    cr_assert_eq(write(fd, data, len), (ssize_t)len);
+    close(fd);
+    struct echo_opts o = {
+        .tickets = -1, .file = name, .file_path = path, .file_end = ECHO_END_SHUTDOWN};
+    struct echo_server *s = echo_start(&o);
+    unlink(name);
+    struct tc c;
+    struct tc_opts co = {.version = v->version, .cipher = (int)v->cipher};
+    struct echo_conn conns[4];
+
+    cr_assert_eq(tc_connect(&c, echo_port(s), &co, NULL, 0), 0);
+    cr_assert_eq(tc_write(&c, "FILE", 4), 0);
+    usleep(50 * 1000); /* the request is read, the answer under way: then the client closes */
+    cr_assert_eq(tc_half_close(&c), 0);
+    usleep(300 * 1000); /* the server's socket fills up and its send waits for room */
+    ssize_t got = tc_read_to_close_notify(&c, in, len + 1);
+    cr_assert_eq(got, (ssize_t)len, "%s: %zd of %zu bytes, then %s", tu_variant_name(v), got, len,
+                 got < 0 ? "no close_notify" : "close_notify");
+    cr_assert(memcmp(in, data, len) == 0, "%s: the file arrived different", tu_variant_name(v));
+    tc_close(&c, false); /* the client closes: the server's linger ends */
+    cr_assert(echo_wait_ended(s, 1, 10000), "the server did not end the connection");
+    struct echo_conn *ec = last_conn(s, conns, 4);
+    check_modes(ec, expected_reason());
+    cr_assert(ec->shut);
+    cr_assert_eq(ec->close_result, 0, "shutdown ended with %s", ktla_err_name(ec->close_result));
+    cr_assert_eq(ec->bytes_sent, (uint64_t)len);
+    free(data);
+    free(in);
+    echo_stop(s);
+}
+
+ParameterizedTestParameters(shutdown, a_half_closed_client_still_gets_the_whole_file)
+{
+    return cr_make_param_array(struct tu_variant, (void *)tu_variants, 6);
+}
+
+ParameterizedTest(struct tu_variant *v, shutdown, a_half_closed_client_still_gets_the_whole_file)
+{
+    half_closed_client(v, KTLA_FILE_SENDFILE);
+}
+
+Test(shutdown, a_half_closed_client_still_gets_the_whole_file_spliced)
+{
+    struct tu_variant v = {KTLA_TLS1_3, KTLA_CIPHER_AES_128_GCM};
+    half_closed_client(&v, KTLA_FILE_SPLICE);
+}
+
+/* A client that neither reads nor closes: the shutdown gives up after its linger time, and the
+ * connection is gone (its descriptor too) with -ETIMEDOUT. */
+Test(shutdown, a_silent_client_is_cut_after_the_linger_time)
+{
+    size_t len = 16 << 20; /* more than the socket buffers take: our close_notify waits */
+    uint8_t *data = malloc(len);
+    cr_assert(data);
+    char name[] = "/tmp/ktla-accept-shut-XXXXXX";
+    int fd = mkstemp(name);
+    cr_assert(fd >= 0);
+    tu_pattern(data, len, 5);
+    cr_assert_eq(write(fd, data, len), (ssize_t)len);
+    close(fd);
+    free(data);
+    struct echo_opts o = {.tickets = -1, .file = name, .file_end = ECHO_END_SHUTDOWN};
+    struct echo_server *s = echo_start(&o);
+    unlink(name);
+    struct tc c;
+    struct tc_opts co = {.version = KTLA_TLS1_2, .cipher = KTLA_CIPHER_AES_128_GCM};
+    struct echo_conn conns[4];
+    int before = tu_fd_count();
+
+    cr_assert_eq(tc_connect(&c, echo_port(s), &co, NULL, 0), 0);
+    cr_assert_eq(tc_write(&c, "FILE", 4), 0);
+    /* Most of the file, then silence with the socket open: the rest fits the socket buffers,
+     * so the send completes and the shutdown waits for a close that never comes. */
+    uint8_t *in = malloc(len);
+    cr_assert(in);
+    cr_assert_eq(tc_read_full(&c, in, len - (1 << 20)), 0);
+    free(in);
+    cr_assert(echo_wait_ended(s, 1, 15000), "the shutdown did not give up");
+    struct echo_conn *ec = last_conn(s, conns, 4);
+    cr_assert(ec->shut);
+    cr_assert_eq(ec->close_result, -ETIMEDOUT, "shutdown ended with %s",
+                 ktla_err_name(ec->close_result));
+    tc_close(&c, false);
+    cr_assert_eq(tu_fd_count(), before);
+    echo_stop(s);
+}

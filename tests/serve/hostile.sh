@@ -291,9 +291,9 @@ check "RSS back near the baseline: $((rss1 - rss0)) KiB more than before (allowe
 # ---- the logs, and a clean exit
 for s in main limits cap; do
     lines=$(grep -c '' "$work/$s.log")
-    modes=$(awk '{ print $(NF-2) }' "$work/$s.log" | sort | uniq -c | tr -s ' ' | tr '\n' ',')
+    modes=$(awk '{ print $(NF-3) }' "$work/$s.log" | sort | uniq -c | tr -s ' ' | tr '\n' ',')
     check "$s access log: $lines lines, all in $expect mode ($modes)" \
-        '[ "$lines" -gt 0 ] && ! awk '\''{ print $(NF-2) }'\'' "$work/$s.log" | grep -qv "^$expect$"'
+        '[ "$lines" -gt 0 ] && ! awk '\''{ print $(NF-3) }'\'' "$work/$s.log" | grep -qv "^$expect$"'
 done
 echo "# handshake failures logged by the main server: $(grep -c 'handshake failed' "$work/main.err")"
 kill -TERM "$main" "$limits" "$cap"

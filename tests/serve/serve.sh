@@ -251,8 +251,8 @@ if [ "$expect" = kernel ]; then
     sed 's/^/# /' /proc/net/tls_stat
 fi
 lines=$(grep -c '' "$work/access.log")
-modes=$(awk '{ print $(NF-2) }' "$work/access.log" | sort | uniq -c | tr -s ' ' | tr '\n' ',')
-check "access log: $lines lines, all in $expect mode ($modes)" '[ "$lines" -gt 50 ] && ! awk '\''{ print $(NF-2) }'\'' "$work/access.log" | grep -qv "^$expect$"'
+modes=$(awk '{ print $(NF-3) }' "$work/access.log" | sort | uniq -c | tr -s ' ' | tr '\n' ',')
+check "access log: $lines lines, all in $expect mode ($modes)" '[ "$lines" -gt 50 ] && ! awk '\''{ print $(NF-3) }'\'' "$work/access.log" | grep -qv "^$expect$"'
 grep -q '"GET /f16385 HTTP/1.1" 206 1 TLSv1.3 TLS_' "$work/access.log" &&
     ok "access log line: CLF, then TLS version, cipher, mode, bytes, seconds" ||
     not_ok "access log line format" "$(head -n 3 "$work/access.log")"

@@ -27,13 +27,36 @@ Test(log, common_log_format_then_tls_fields)
     cr_assert_eq(n, strlen(buf));
     cr_assert_str_eq(buf,
                      "::1 - - [06/Nov/1994:08:49:37 +0000] \"GET /a b\\x22\\x0a HTTP/1.1\" 200 "
-                     "10 TLSv1.3 TLS_AES_128_GCM_SHA256 kernel 210 0.001500\n");
+                     "10 TLSv1.3 TLS_AES_128_GCM_SHA256 kernel 210 0.001500 ok\n");
     e.peer = "10.0.0.1:5";
     e.method = NULL;
     e.status = 400;
     log_format(buf, sizeof(buf), &e);
     cr_assert(strncmp(buf, "10.0.0.1 - - [", 14) == 0, "%s", buf);
     cr_assert(strstr(buf, "] \"-\" 400 "), "%s", buf);
+}
+
+Test(log, a_response_cut_short_says_how_and_what_went_out)
+{
+    char buf[512];
+    struct log_entry e = {.peer = "127.0.0.1:9",
+                          .method = "GET",
+                          .target = "/big",
+                          .target_len = 4,
+                          .major = 1,
+                          .minor = 1,
+                          .status = 200,
+                          .body_bytes = 65536,
+                          .total_bytes = 65736,
+                          .tls_version = "TLSv1.2",
+                          .cipher = "ECDHE-ECDSA-AES128-GCM-SHA256",
+                          .mode = "userspace",
+                          .end = "client-gone"};
+    log_format(buf, sizeof(buf), &e);
+    cr_assert(strstr(buf, "\" 200 65536 TLSv1.2 ECDHE-ECDSA-AES128-GCM-SHA256 userspace 65736 "),
+              "%s", buf);
+    size_t n = strlen(buf);
+    cr_assert(n > 13 && strcmp(buf + n - 13, " client-gone\n") == 0, "%s", buf);
 }
 
 Test(cert, self_signed_certificate_has_a_fingerprint)

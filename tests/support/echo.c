@@ -112,6 +112,22 @@ static void echo_end(struct ktla_conn *conn, struct echo_state *st, ssize_t resu
 
 static void on_recv(struct ktla_conn *conn, ssize_t n, void *arg);
 
+static void on_shut(struct ktla_conn *conn, int result, void *arg)
+{
+    struct echo_state *st = arg;
+    struct echo_server *s = st->srv;
+    pthread_mutex_lock(&s->lock);
+    s->live[st->idx] = NULL;
+    s->conns[st->idx].last_result = 0;
+    s->conns[st->idx].bytes_sent = ktla_conn_get_info(conn)->bytes_sent;
+    s->conns[st->idx].shut = true;
+    s->conns[st->idx].close_result = result;
+    s->conns[st->idx].ended = true;
+    s->nended++;
+    pthread_mutex_unlock(&s->lock);
+    free(st);
+}
+
 static void on_ready(struct ktla_conn *conn, ssize_t n, void *arg)
 {
     struct echo_state *st = arg;
@@ -138,6 +154,18 @@ static void next_recv(struct ktla_conn *conn, struct echo_state *st)
         echo_end(conn, st, ret);
 }
 
+static void on_file_sent(struct ktla_conn *conn, ssize_t n, void *arg)
+{
+    struct echo_state *st = arg;
+    struct echo_server *s = st->srv;
+    if (n < 0 || s->opts.file_end == ECHO_END_CLOSE)
+        return echo_end(conn, st, n < 0 ? n : 0);
+    /* Held in the live list until its callback: echo_stop must not close it meanwhile. */
+    int ret = ktla_conn_shutdown(conn, 5000, on_shut, st);
+    if (ret < 0)
+        echo_end(conn, st, ret);
+}
+
 static void on_sent(struct ktla_conn *conn, ssize_t n, void *arg)
 {
     struct echo_state *st = arg;
@@ -156,7 +184,8 @@ static void on_recv(struct ktla_conn *conn, ssize_t n, void *arg)
         struct stat sb;
         fstat(st->srv->file_fd, &sb);
         ret = ktla_conn_sendfile(conn, st->srv->file_fd, 0,
-                                 (size_t)sb.st_size + st->srv->file_extra, on_sent, st);
+                                 (size_t)sb.st_size + st->srv->file_extra,
+                                 st->srv->opts.file_end ? on_file_sent : on_sent, st);
     } else {
         ret = ktla_conn_send(conn, st->buf, (size_t)n, on_sent, st);
     }
@@ -540,6 +569,35 @@ SSL_SESSION *tc_session(struct tc *c)
         return NULL;
     }
     return s;
+}
+
+int tc_half_close(struct tc *c)
+{
+    SSL_shutdown(c->ssl);
+    ERR_clear_error();
+    if (flush_out(c) < 0)
+        return -1;
+    return shutdown(c->fd, SHUT_WR);
+}
+
+ssize_t tc_read_to_close_notify(struct tc *c, void *buf, size_t cap)
+{
+    size_t got = 0;
+    for (;;) {
+        int n = SSL_read(c->ssl, (uint8_t *)buf + got, (int)(cap - got > 65536 ? 65536 : cap - got));
+        if (n > 0) {
+            got += (size_t)n;
+            if (got == cap)
+                return -1;
+            continue;
+        }
+        int err = SSL_get_error(c->ssl, n);
+        ERR_clear_error();
+        if (err == SSL_ERROR_ZERO_RETURN)
+            return (ssize_t)got;
+        if (err != SSL_ERROR_WANT_READ || fill_in(c) < 0)
+            return -1;
+    }
 }
 
 void tc_close(struct tc *c, bool close_notify)

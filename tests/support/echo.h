@@ -26,7 +26,12 @@ struct echo_opts {
     bool ready_first; /* wait with ktla_conn_recv_ready before each receive */
     bool shared_ring; /* the server thread owns the ring, shares it with ktla, and puts a
                          timeout of its own on it every turn (see echo_app_completions) */
+    /* After answering a FILE request: 0 reads on; ECHO_END_SHUTDOWN ends the connection with
+     * ktla_conn_shutdown (linger 5 s), ECHO_END_CLOSE with ktla_conn_close, without reading. */
+    int file_end;
 };
+
+enum { ECHO_END_SHUTDOWN = 1, ECHO_END_CLOSE = 2 };
 
 /* What the server saw of one established connection. */
 struct echo_conn {
@@ -38,6 +43,8 @@ struct echo_conn {
     uint32_t key_updates_rx, key_updates_tx; /* KeyUpdates followed in kernel mode, at the end */
     uint64_t bytes_sent;                     /* info.bytes_sent at the end */
     bool ended;
+    bool shut;        /* ended with ktla_conn_shutdown: close_result is its callback's result */
+    int close_result;
 };
 
 struct echo_server;
@@ -90,6 +97,11 @@ int tc_read_full(struct tc *c, void *buf, size_t len);
 SSL_SESSION *tc_session(struct tc *c);
 /* Sends close_notify when asked, closes the socket, frees everything. */
 void tc_close(struct tc *c, bool close_notify);
+/* close_notify and a TCP FIN, the socket staying open for reading. 0 or -1. */
+int tc_half_close(struct tc *c);
+/* Reads application data into buf until the server's close_notify (returns the bytes read), or
+ * -1 on any other end (a reset, a FIN without close_notify, an error) or more than cap bytes. */
+ssize_t tc_read_to_close_notify(struct tc *c, void *buf, size_t cap);
 
 /* The number of open file descriptors of this process. */
 int tu_fd_count(void);
