@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/socket.h>
 
 #include "hist.h"
 
@@ -26,9 +27,11 @@ enum bench_phase { PHASE_WARMUP, PHASE_MEASURE, PHASE_STOP };
 
 struct bench_config {
     enum bench_mode mode;
-    bool resume;   /* handshake mode: resume with the thread's latest ticket */
-    char host[64]; /* numeric IPv4 address */
+    bool resume;    /* handshake mode: resume with the thread's latest ticket */
+    char host[256]; /* as in the URL: a name, an IPv4 address, or [IPv6] (the Host header) */
     uint16_t port;
+    struct sockaddr_storage addr; /* host resolved (getaddrinfo's first answer) */
+    socklen_t addrlen;
     char path[512];
     unsigned threads;
     unsigned connections;    /* total, spread over the threads */
@@ -104,6 +107,7 @@ void worker_join(struct worker *w, struct bench_counts *total);
 struct server_sample {
     bool ok;
     uint64_t cpu_ticks; /* utime + stime, clock ticks */
+    uint64_t user_ticks, sys_ticks; /* the two apart: user and kernel time */
     uint64_t rss_kib;   /* VmRSS */
 };
 
@@ -114,7 +118,7 @@ struct bench_result {
     double seconds; /* measured window */
     struct bench_counts counts;
     bool have_server;
-    double server_cpu_s;
+    double server_cpu_s, server_user_s, server_sys_s;
     bool have_rss;
     double rss_before_kib, rss_after_kib;
     unsigned established; /* idle mode */

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
+#include <netdb.h>
 #include <openssl/err.h>
 #include <signal.h>
 #include <stdio.h>
@@ -20,7 +21,7 @@
 #include "bench.h"
 
 static const char usage[] =
-    "usage: ktla-bench [options] https://HOST:PORT/PATH\n"
+    "usage: ktla-bench [options] https://HOST:PORT/PATH   (HOST: a name, IPv4, or [IPv6])\n"
     "  -m, --mode MODE          handshake | get | download | idle (default: get)\n"
     "                             handshake: a new connection per request (full, or --resume)\n"
     "                             get:       keep-alive requests of PATH\n"
@@ -72,16 +73,62 @@ static int bad_usage(const char *fmt, const char *arg)
     return 2;
 }
 
+/*
+ * https://HOST:PORT/PATH, HOST a name, an IPv4 address or a bracketed IPv6 one, resolved here
+ * once, so that connections never wait on a resolver. Of a name's addresses the first that
+ * accepts a connection now is taken: "localhost" gives ::1 first, where a server may listen on
+ * 127.0.0.1 only. 0, or -1 (the resolver's reason printed).
+ */
 static int parse_url(struct bench_config *cfg, const char *url)
 {
-    unsigned port;
-    int n = 0;
-    if (strncmp(url, "https://", 8) ||
-        sscanf(url + 8, "%63[0-9.]:%u%n", cfg->host, &port, &n) != 2 || port == 0 || port > 65535 ||
-        (url[8 + n] != '/' && url[8 + n] != 0))
+    const char *h = url + 8, *end;
+    if (strncmp(url, "https://", 8))
         return -1;
+    if (*h == '[') {
+        end = strchr(h, ']');
+        if (!end++)
+            return -1;
+    } else {
+        end = h + strcspn(h, ":/");
+    }
+    if (end == h || *end != ':' || (size_t)(end - h) >= sizeof(cfg->host))
+        return -1;
+    const char *p = end + 1;
+    size_t digits = strspn(p, "0123456789");
+    unsigned long port = digits && digits <= 5 ? strtoul(p, NULL, 10) : 0;
+    if (port == 0 || port > 65535 || (p[digits] != '/' && p[digits] != '\0'))
+        return -1;
+    snprintf(cfg->host, sizeof(cfg->host), "%.*s", (int)(end - h), h);
     cfg->port = (uint16_t)port;
-    snprintf(cfg->path, sizeof(cfg->path), "%s", url[8 + n] ? url + 8 + n : "/");
+    snprintf(cfg->path, sizeof(cfg->path), "%s", p[digits] ? p + digits : "/");
+
+    char name[sizeof(cfg->host)], service[8];
+    bool v6 = cfg->host[0] == '[';
+    snprintf(name, sizeof(name), "%.*s", (int)strlen(cfg->host) - (v6 ? 2 : 0), cfg->host + v6);
+    snprintf(service, sizeof(service), "%u", cfg->port);
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_NUMERICSERV | (v6 ? AI_NUMERICHOST : 0),
+                             .ai_family = v6 ? AF_INET6 : AF_UNSPEC},
+                    *res;
+    int ret = getaddrinfo(name, service, &hints, &res);
+    if (ret) {
+        fprintf(stderr, "ktla-bench: %s: %s\n", name, gai_strerror(ret));
+        return -1;
+    }
+    const struct addrinfo *pick = res;
+    for (const struct addrinfo *a = res; a && res->ai_next; a = a->ai_next) {
+        int fd = socket(a->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        bool up = fd >= 0 && connect(fd, a->ai_addr, a->ai_addrlen) == 0;
+        if (fd >= 0)
+            close(fd);
+        if (up) {
+            pick = a;
+            break;
+        }
+    }
+    memcpy(&cfg->addr, pick->ai_addr, pick->ai_addrlen);
+    cfg->addrlen = pick->ai_addrlen;
+    freeaddrinfo(res);
     return 0;
 }
 
@@ -241,7 +288,9 @@ static int parse_args(int argc, char **argv, struct bench_config *cfg)
     if (optind != argc - 1)
         return bad_usage("%s", "one URL, https://HOST:PORT/PATH, is required");
     if (parse_url(cfg, argv[optind]) < 0)
-        return bad_usage("cannot read '%s': give https://IPV4:PORT/PATH", argv[optind]);
+        return bad_usage("cannot read '%s': give https://HOST:PORT/PATH (HOST: a name, IPv4, "
+                         "or [IPv6])",
+                         argv[optind]);
     if (cfg->threads == 0 || cfg->connections == 0 || cfg->threads > cfg->connections)
         return bad_usage("%s", "need at least one connection per thread");
     if (cfg->resume && cfg->mode != MODE_HANDSHAKE)
@@ -354,7 +403,10 @@ static void server_figures(struct bench_result *r, struct server_sample start,
     if (!start.ok || !mem.ok || !end.ok)
         return;
     r->have_server = true;
-    r->server_cpu_s = (double)(end.cpu_ticks - start.cpu_ticks) / (double)sysconf(_SC_CLK_TCK);
+    double hz = (double)sysconf(_SC_CLK_TCK);
+    r->server_cpu_s = (double)(end.cpu_ticks - start.cpu_ticks) / hz;
+    r->server_user_s = (double)(end.user_ticks - start.user_ticks) / hz;
+    r->server_sys_s = (double)(end.sys_ticks - start.sys_ticks) / hz;
     r->have_rss = true;
     r->rss_before_kib = (double)start.rss_kib;
     r->rss_after_kib = (double)mem.rss_kib;

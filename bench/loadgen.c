@@ -75,7 +75,6 @@ struct worker {
     bool stopping;
     unsigned live; /* connections not C_FREE */
     SSL_SESSION *ticket;
-    struct sockaddr_in addr;
     char req[16384];
     size_t reqlen;
     struct bench_counts counts;
@@ -281,7 +280,7 @@ static void conn_open(struct conn *c)
         w->opened++;
         w->connecting++;
     }
-    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    c->fd = socket(w->cfg->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     c->state = C_CONNECTING;
     w->live++;
     c->t_conn = c->t_last = now_ns();
@@ -292,7 +291,7 @@ static void conn_open(struct conn *c)
     int one = 1;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     struct io_uring_sqe *sqe = get_sqe(w);
-    io_uring_prep_connect(sqe, c->fd, (struct sockaddr *)&w->addr, sizeof(w->addr));
+    io_uring_prep_connect(sqe, c->fd, (const struct sockaddr *)&w->cfg->addr, w->cfg->addrlen);
     io_uring_sqe_set_data64(sqe, (uintptr_t)c | OP_CONNECT);
     c->connect_inflight = true;
 }
@@ -521,7 +520,7 @@ static void on_connect(struct conn *c, int res)
     if (c->state == C_CLOSING)
         return conn_maybe_finish(c);
     if (res < 0) {
-        char what[160];
+        char what[384];
         snprintf(what, sizeof(what), "connect to %s:%u: %s%s", c->w->cfg->host, c->w->cfg->port,
                  strerror(-res),
                  res == -EADDRNOTAVAIL ? " (local ports exhausted: too many in TIME_WAIT?)" : "");
@@ -647,9 +646,6 @@ int worker_start(struct bench_shared *sh, unsigned id, unsigned nconns, unsigned
         w->conns[i].w = w;
         w->conns[i].fd = -1;
     }
-    w->addr.sin_family = AF_INET;
-    w->addr.sin_port = htons(cfg->port);
-    inet_pton(AF_INET, cfg->host, &w->addr.sin_addr);
     if (cfg->echo_bytes) {
         w->reqlen = cfg->echo_bytes; /* ktla-bench.c keeps it within sizeof(w->req) */
         memset(w->req, 'e', w->reqlen);

@@ -81,7 +81,7 @@ static void collect(const struct bench_config *cfg, const struct bench_shared *s
     const struct bench_counts *c = &r->counts;
     double cpu_us = r->have_server ? r->server_cpu_s * 1e6 : NAN;
     double mib = (double)c->bytes / (1024.0 * 1024.0);
-    static char url[640];
+    static char url[800];
     snprintf(url, sizeof(url), "https://%s:%u%s", cfg->host, cfg->port, cfg->path);
 
     add_str(fs, "label", cfg->label);
@@ -117,6 +117,16 @@ static void collect(const struct bench_config *cfg, const struct bench_shared *s
     add_num(fs, "server_cpu_us_per_request", per(cpu_us, (double)c->requests));
     add_num(fs, "server_cpu_us_per_handshake", per(cpu_us, (double)c->handshakes));
     add_num(fs, "server_cpu_ms_per_mib", per(cpu_us / 1e3, mib));
+    /* User and kernel time apart: where a server spends its kernel time (system calls, ring
+     * operations, page faults) is a different lever from its user time (TLS, parsing). */
+    double user_us = r->have_server ? r->server_user_s * 1e6 : NAN;
+    double sys_us = r->have_server ? r->server_sys_s * 1e6 : NAN;
+    add_num(fs, "server_user_us_per_request", per(user_us, (double)c->requests));
+    add_num(fs, "server_sys_us_per_request", per(sys_us, (double)c->requests));
+    add_num(fs, "server_user_us_per_handshake", per(user_us, (double)c->handshakes));
+    add_num(fs, "server_sys_us_per_handshake", per(sys_us, (double)c->handshakes));
+    add_num(fs, "server_user_ms_per_mib", per(user_us / 1e3, mib));
+    add_num(fs, "server_sys_ms_per_mib", per(sys_us / 1e3, mib));
     add_num(fs, "server_rss_kib_before", r->have_rss ? r->rss_before_kib : NAN);
     add_num(fs, "server_rss_kib_after", r->have_rss ? r->rss_after_kib : NAN);
     add_num(fs, "established", cfg->mode == MODE_IDLE ? r->established : NAN);

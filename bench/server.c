@@ -12,8 +12,8 @@
 
 #include "bench.h"
 
-/* utime + stime of one process (all its threads), in clock ticks; false if it is gone. */
-static bool proc_cpu(int pid, uint64_t *ticks)
+/* utime and stime of one process (all its threads), in clock ticks; false if it is gone. */
+static bool proc_cpu(int pid, uint64_t *uticks, uint64_t *sticks)
 {
     char path[64], buf[1024];
     snprintf(path, sizeof(path), "/proc/%d/stat", pid);
@@ -29,7 +29,8 @@ static bool proc_cpu(int pid, uint64_t *ticks)
     if (!p ||
         sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) != 2)
         return false;
-    *ticks = utime + stime;
+    *uticks = utime;
+    *sticks = stime;
     return true;
 }
 
@@ -55,9 +56,12 @@ static bool proc_rss(int pid, uint64_t *kib)
 
 static void add_process(int pid, struct server_sample *s)
 {
-    uint64_t ticks = 0, kib = 0;
-    if (proc_cpu(pid, &ticks))
-        s->cpu_ticks += ticks;
+    uint64_t ut = 0, st = 0, kib = 0;
+    if (proc_cpu(pid, &ut, &st)) {
+        s->cpu_ticks += ut + st;
+        s->user_ticks += ut;
+        s->sys_ticks += st;
+    }
     if (proc_rss(pid, &kib))
         s->rss_kib += kib;
 }
@@ -65,8 +69,8 @@ static void add_process(int pid, struct server_sample *s)
 struct server_sample server_sample(int pid)
 {
     struct server_sample s = {0};
-    uint64_t ticks;
-    if (!proc_cpu(pid, &ticks))
+    uint64_t ut, st;
+    if (!proc_cpu(pid, &ut, &st))
         return s;
     s.ok = true;
     add_process(pid, &s);

@@ -1,30 +1,60 @@
 #!/usr/bin/env bash
-# Installs every Debian package that building, testing (the guest kernel included) and
-# benchmarking ktla needs. Idempotent: when everything is there it only checks, in well under a
-# second. Needs root (or sudo) only when something is missing.
+# Installs the Debian packages a job needs. Idempotent: when everything is there it only checks
+# (one dpkg-query call for all packages, a few tens of milliseconds). Needs root (or sudo) only
+# when something is missing.
+#
+# usage: scripts/deps.sh [serve|all]
+#   serve  what building and running ktla-serve needs (scripts/serve.sh)
+#   all    (the default) everything: building, testing (the guest kernel included), fuzzing,
+#          benchmarking and the Debian packages (scripts/test.sh)
 set -euo pipefail
 
-packages=(
+serve=(
     # build
     build-essential cmake pkg-config libssl-dev liburing-dev
     # ktla-serve's request parser (http_parser 2.9, fuzzed by OSS-Fuzz)
     libhttp-parser-dev
+    # ktla-serve's media types (/etc/mime.types)
+    media-types
+)
+rest=(
     # fuzzing: clang with libFuzzer (scripts/fuzz.sh)
     clang libclang-rt-14-dev
-    # tests
-    libcriterion-dev openssl gnutls-bin curl
+    # tests (man-db and groff-base: tests/install/ renders every installed man page)
+    libcriterion-dev openssl gnutls-bin curl man-db groff-base
+    # tests/serve/service.sh: systemd-socket-activate starts ktla-serve as systemd would
+    systemd
     # the interop suite's Go client (tests/interop/goclient.go: standard library only)
     golang-go
+    # the Debian packages (debian/, tests/install/deb.sh): dpkg-buildpackage (dpkg-dev, in
+    # build-essential) with debhelper, checked with lintian; ktla-serve's postinst needs adduser,
+    # and deb.sh checks the units with systemd-analyze and systemd-socket-activate (systemd)
+    debhelper lintian adduser
     # the guest kernel for the kernel suite: qemu with Debian's generic kernel (it has 9p, which
     # mounts the host's file system as the guest's root), and busybox for the initramfs
     qemu-system-x86 linux-image-amd64 busybox-static cpio kmod iproute2
-    # benchmarks and the file server
-    nginx gnuplot-nox media-types
+    # benchmarks
+    nginx gnuplot-nox
 )
 
+case "${1:-all}" in
+serve) packages=("${serve[@]}") ;;
+all) packages=("${serve[@]}" "${rest[@]}") ;;
+*)
+    echo "usage: $0 [serve|all]" >&2
+    exit 2
+    ;;
+esac
+
+# One query for all of them (a package dpkg has never heard of is reported on stderr and left out
+# of the output), then the comparison in bash: no process per package.
+declare -A installed=()
+while read -r status name; do
+    [ "$status" = installed ] && installed[${name%%:*}]=1
+done < <(dpkg-query -W -f='${db:Status-Status} ${Package}\n' "${packages[@]}" 2>/dev/null || true)
 missing=()
 for p in "${packages[@]}"; do
-    dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null | grep -qx installed || missing+=("$p")
+    [ -n "${installed[$p]:-}" ] || missing+=("$p")
 done
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0

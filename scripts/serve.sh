@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# README's first command: installs what is missing (scripts/deps.sh), builds, and serves DIR with
+# README's first command: installs what is missing to build and serve (scripts/deps.sh serve),
+# builds ktla-serve and the shared library (libktla.so), and serves DIR with
 # ktla-serve over HTTPS, access log on standard output. Without DIR it serves a small demo
 # directory made under build/.
 #
@@ -9,9 +10,13 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 build=${KTLA_BUILD_DIR:-$repo/build}
 
-"$repo/scripts/deps.sh"
-cmake -S "$repo" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build "$build" -j"$(nproc)" --target ktla-serve >/dev/null
+"$repo/scripts/deps.sh" serve
+# Only what serving needs is installed (no Criterion), so the test suites are built only where
+# their dependencies are already there (scripts/test.sh installs them).
+tests=OFF
+pkg-config --exists criterion 2>/dev/null && tests=ON
+cmake -S "$repo" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKTLA_TESTS=$tests >/dev/null
+cmake --build "$build" -j"$(nproc)" --target ktla-serve ktla_shared >/dev/null
 
 dir=
 if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then

@@ -123,6 +123,21 @@ bench/smoke.sh build/asan >build/results/bench-smoke.tap 2>&1 || true
 grep -E '^not ok' -A8 build/results/bench-smoke.tap | head -40 || true
 tally bench-smoke build/results/bench-smoke.tap lenient
 
+echo "== install: cmake --install into a temporary prefix, examples built 3 ways and run, ABI and man pages"
+tests/install/install.sh >build/results/install.tap 2>&1 || true
+grep -E '^not ok' -A12 build/results/install.tap | head -40 || true
+tally install build/results/install.tap lenient
+
+echo "== deb: Debian packages built, lintian, installed with dpkg -i, ktla-serve and an example used, purged"
+tests/install/deb.sh >build/results/deb.tap 2>&1 || true
+grep -E '^not ok' -A12 build/results/deb.tap | head -40 || true
+tally deb build/results/deb.tap lenient
+
+echo "== ktla-serve as a service: socket activation, --user, sd_notify, --pid-file"
+tests/serve/service.sh build/asan >build/results/service-host.tap 2>&1 || true
+grep -E '^not ok' -A8 build/results/service-host.tap | head -40 || true
+tally service-host build/results/service-host.tap lenient
+
 echo "== ktla-serve end to end under valgrind memcheck (errors, leaks, descriptors)"
 tests/serve/valgrind.sh build >build/results/valgrind.tap 2>&1 || true
 grep -E '^not ok' -A30 build/results/valgrind.tap | head -60 || true

@@ -3,9 +3,12 @@
  * self-signed certificate for localhost, made in memory at start-up and never written to disk.
  * Clients cannot verify it, so its SHA-256 fingerprint is printed for them to compare.
  */
+#include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <openssl/bio.h>
 #include <openssl/err.h>
@@ -132,6 +135,84 @@ int cert_fingerprint(const char *pem, const char *file, char *out, size_t cap)
     }
     X509_free(x);
     BIO_free(b);
+    ERR_clear_error();
+    return ret;
+}
+
+/* Called by PEM_read_PrivateKey for an encrypted key: ktla-serve has no one to ask. */
+static int no_passphrase(char *buf, int size, int rwflag, void *asked)
+{
+    (void)buf, (void)size, (void)rwflag;
+    *(bool *)asked = true;
+    return -1;
+}
+
+/* OpenSSL's reason for the last failure, or what the caller says instead. */
+static const char *openssl_reason(const char *otherwise)
+{
+    const char *r = ERR_reason_error_string(ERR_peek_last_error());
+    return r ? r : otherwise;
+}
+
+static FILE *open_pem(const char *opt, const char *file, char *err, size_t errcap)
+{
+    FILE *f = fopen(file, "re");
+    struct stat st;
+    if (f && fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) {
+        fclose(f);
+        f = NULL;
+        errno = EISDIR;
+    }
+    if (!f)
+        snprintf(err, errcap, "%s %s: cannot read it: %s", opt, file, strerror(errno));
+    return f;
+}
+
+int cert_check(const char *cert_file, const char *key_file, char *err, size_t errcap)
+{
+    X509 *x = NULL;
+    EVP_PKEY *pkey = NULL;
+    bool asked = false;
+    int ret = -1;
+
+    ERR_clear_error();
+    FILE *f = open_pem("--cert", cert_file, err, errcap);
+    if (!f)
+        goto out;
+    x = PEM_read_X509(f, NULL, NULL, NULL);
+    fclose(f);
+    if (!x) {
+        snprintf(err, errcap, "--cert %s: no PEM certificate in it (OpenSSL: %s)", cert_file,
+                 openssl_reason("nothing read"));
+        goto out;
+    }
+    f = open_pem("--key", key_file, err, errcap);
+    if (!f)
+        goto out;
+    pkey = PEM_read_PrivateKey(f, NULL, no_passphrase, &asked);
+    fclose(f);
+    if (!pkey && asked) {
+        snprintf(err, errcap,
+                 "--key %s: the private key is encrypted, and ktla-serve asks no passphrase: "
+                 "decrypt it with 'openssl pkey -in %s -out NEWFILE' (mode 0600)",
+                 key_file, key_file);
+        goto out;
+    }
+    if (!pkey) {
+        snprintf(err, errcap, "--key %s: no PEM private key in it (OpenSSL: %s)", key_file,
+                 openssl_reason("nothing read"));
+        goto out;
+    }
+    if (X509_check_private_key(x, pkey) != 1) {
+        snprintf(err, errcap,
+                 "--key %s is not the private key of the certificate in --cert %s (OpenSSL: %s)",
+                 key_file, cert_file, openssl_reason("they do not match"));
+        goto out;
+    }
+    ret = 0;
+out:
+    EVP_PKEY_free(pkey);
+    X509_free(x);
     ERR_clear_error();
     return ret;
 }

@@ -90,6 +90,22 @@ int files_target_to_path(const char *target, size_t len, char *out, size_t cap,
     return 0;
 }
 
+bool files_path_hidden(const char *rel)
+{
+    bool first = true;
+    for (const char *seg = rel; *seg;) {
+        size_t len = strcspn(seg, "/");
+        /* "." alone is the root (files_target_to_path drops "." segments elsewhere). */
+        if (seg[0] == '.' && len > 1 && !(first && len == 11 && !strncmp(seg, ".well-known", 11)))
+            return true;
+        first = false;
+        seg += len;
+        if (*seg == '/')
+            seg++;
+    }
+    return false;
+}
+
 static int openat2_beneath(int root_fd, const char *rel, int flags)
 {
     struct open_how how = {
@@ -131,6 +147,52 @@ void files_etag(const struct stat *st, char *buf, size_t cap)
              (unsigned long long)st->st_size,
              (unsigned long long)st->st_mtim.tv_sec * 1000000000ull +
                  (unsigned long long)st->st_mtim.tv_nsec);
+}
+
+/* A qvalue, "0" to "1" with at most three decimals (RFC 9110 12.4.2), in thousandths; -1 when
+ * malformed. */
+static int qvalue(const char *v, size_t len)
+{
+    while (len && (v[len - 1] == ' ' || v[len - 1] == '\t'))
+        len--;
+    if (len == 0 || (v[0] != '0' && v[0] != '1') || (len > 1 && (v[1] != '.' || len > 5)))
+        return -1;
+    int q = (v[0] - '0') * 1000;
+    for (size_t i = 2, scale = 100; i < len; i++, scale /= 10) {
+        if (v[i] < '0' || v[i] > '9')
+            return -1;
+        q += (v[i] - '0') * (int)scale;
+    }
+    return q > 1000 ? -1 : q;
+}
+
+int files_coding_q(const char *accept, const char *coding)
+{
+    int star = 0, named = -1;
+    for (const char *e = accept;; e++) {
+        const char *end = e + strcspn(e, ",");
+        const char *name = e + strspn(e, " \t");
+        size_t nlen = strcspn(name, ";, \t");
+        int q = 1000;
+        for (const char *p = name + nlen; p < end && q >= 0;) {
+            p += strspn(p, " \t;");
+            size_t plen = strcspn(p, ";,");
+            if (plen >= 2 && (p[0] == 'q' || p[0] == 'Q') && p[1] == '=')
+                q = qvalue(p + 2, plen - 2);
+            p += plen;
+        }
+        if (nlen && q >= 0) {
+            if (nlen == 1 && name[0] == '*')
+                star = q;
+            else if ((nlen == strlen(coding) && !strncasecmp(name, coding, nlen)) ||
+                     (!strcmp(coding, "gzip") && nlen == 6 && !strncasecmp(name, "x-gzip", 6)))
+                named = named > q ? named : q;
+        }
+        if (!*end)
+            break;
+        e = end;
+    }
+    return named >= 0 ? named : star;
 }
 
 /* The opaque part of an entity tag, W/ dropped: weak comparison (RFC 9110 8.8.3.2). */
@@ -257,8 +319,7 @@ int mime_load_string(struct mime_table *t, const char *text)
     size_t cap = 0;
     const char *line = text;
 
-    t->v = NULL;
-    t->n = 0;
+    *t = (struct mime_table){0};
     while (*line) {
         const char *eol = strchr(line, '\n');
         size_t llen = eol ? (size_t)(eol - line) : strlen(line);
@@ -339,6 +400,39 @@ void mime_free(struct mime_table *t)
     t->n = 0;
 }
 
+bool mime_is_textual(const char *type)
+{
+    static const char *const textual[] = {
+        "application/javascript", "application/ecmascript", "application/json",
+        "application/xml",        "application/xhtml+xml",  "image/svg+xml",
+    };
+    size_t len = strcspn(type, ";");
+    if (len > 5 && !strncasecmp(type, "text/", 5))
+        return true;
+    for (size_t i = 0; i < sizeof(textual) / sizeof(textual[0]); i++)
+        if (strlen(textual[i]) == len && !strncasecmp(type, textual[i], len))
+            return true;
+    return (len > 5 && !strncasecmp(type + len - 5, "+json", 5)) ||
+           (len > 4 && !strncasecmp(type + len - 4, "+xml", 4));
+}
+
+int mime_set_charset(struct mime_table *t, const char *charset)
+{
+    if (!charset)
+        return 0;
+    for (size_t i = 0; i < t->n; i++) {
+        char *type = t->v[i].type;
+        if (!mime_is_textual(type) || strchr(type, ';'))
+            continue;
+        char *with;
+        if (asprintf(&with, "%s; charset=%s", type, charset) < 0)
+            return -ENOMEM;
+        free(type);
+        t->v[i].type = with;
+    }
+    return 0;
+}
+
 const char *mime_lookup(const struct mime_table *t, const char *path)
 {
     const char *slash = strrchr(path, '/');
@@ -386,6 +480,50 @@ static int location_of(const char *path, char *out, size_t cap)
     return 0;
 }
 
+/* Precompressed siblings, in the order a tie between q-values goes. */
+static const struct coding {
+    const char *name, *ext;
+} codings[] = {{"br", ".br"}, {"gzip", ".gz"}};
+
+/*
+ * path (a regular file, open as *fd with *st) may have siblings path.br and path.gz. Says in
+ * resp whether it has any (Vary), and when the request accepts one, puts it in *fd and *st
+ * instead and returns its coding; NULL when the file itself is the answer. A sibling is looked
+ * up beneath DIR as the file was, so a link out of DIR is no sibling. path has room for the
+ * extension and is left as it was.
+ */
+static const struct coding *pick_sibling(int root_fd, const char *accept, char *path, int *fd,
+                                         struct stat *st, struct http_response *resp)
+{
+    size_t len = strlen(path);
+    const struct coding *best = NULL;
+    int best_q = 0;
+    for (size_t i = 0; i < sizeof(codings) / sizeof(codings[0]); i++) {
+        struct stat sst;
+        strcpy(path + len, codings[i].ext);
+        int sfd = files_open_beneath(root_fd, path);
+        path[len] = '\0';
+        if (sfd < 0)
+            continue;
+        if (fstat(sfd, &sst) < 0 || !S_ISREG(sst.st_mode)) {
+            close(sfd);
+            continue;
+        }
+        resp->vary_encoding = true;
+        int qv = accept ? files_coding_q(accept, codings[i].name) : 0;
+        if (qv <= best_q) {
+            close(sfd);
+            continue;
+        }
+        close(*fd);
+        *fd = sfd;
+        *st = sst;
+        best = &codings[i];
+        best_q = qv;
+    }
+    return best;
+}
+
 /* The file (or a directory's index.html) for a GET or HEAD. */
 static int answer_file(int root_fd, const struct mime_table *mime, const struct http_request *q,
                        struct files_scratch *s, struct http_response *resp,
@@ -404,6 +542,10 @@ static int answer_file(int root_fd, const struct mime_table *mime, const struct 
                                       sizeof(s->path) - 16, &slash);
     if (status)
         return status;
+    /* 404 rather than 403: a hidden file is not there for a client, so its existence is not
+     * told either. */
+    if (!mime->allow_dotfiles && files_path_hidden(path))
+        return 404;
     int fd = files_open_beneath(root_fd, path);
     if (fd < 0)
         return -fd;
@@ -434,10 +576,20 @@ static int answer_file(int root_fd, const struct mime_table *mime, const struct 
         close(fd);
         return 403;
     }
+    /* Without Accept-Encoding only the file itself: RFC 9110 would allow any coding then, but
+     * a client that sent nothing may well not decode one (nginx's gzip_static agrees). */
+    const struct coding *coding = pick_sibling(root_fd, q->accept_encoding, path, &fd, &st, resp);
     /* Blocking reads from now on: sendfile(2) and io_uring reads want a plain file. */
     fcntl(fd, F_SETFL, 0);
 
     files_etag(&st, etag, sizeof(s->etag));
+    if (coding) {
+        /* Distinct from the file's own even if the sibling were a hard link to it: a cache
+         * must never take one representation for the other. */
+        size_t elen = strlen(etag);
+        snprintf(etag + elen - 1, sizeof(s->etag) - (elen - 1), "-%s\"", coding->ext + 1);
+        resp->content_encoding = coding->name;
+    }
     resp->etag = etag;
     resp->last_modified = st.st_mtim.tv_sec;
     resp->content_type = mime_lookup(mime, path);
@@ -452,6 +604,7 @@ static int answer_file(int root_fd, const struct mime_table *mime, const struct 
                                st.st_mtim.tv_sec <= ims) {
         close(fd);
         resp->content_type = NULL;
+        resp->content_encoding = NULL;
         resp->has_length = false;
         return 304;
     }
@@ -468,6 +621,7 @@ static int answer_file(int root_fd, const struct mime_table *mime, const struct 
     }
     if (satisfiable < 0) {
         close(fd);
+        resp->content_encoding = NULL;
         resp->unsatisfied = true;
         resp->total = size;
         return 416;
@@ -494,6 +648,7 @@ int files_answer(int root_fd, const struct mime_table *mime, const struct http_r
                  struct files_scratch *s, struct http_response *resp, struct files_body *body)
 {
     *body = (struct files_body){.fd = -1};
+    resp->extra = mime->extra_headers;
     if (q->status)
         return q->status;
     if (q->method != HTTP_GET && q->method != HTTP_HEAD) {

@@ -91,11 +91,12 @@ static int on_header_value(http_parser *p, const char *at, size_t len)
         r->in_value = true;
         r->dst = NULL;
         static const char *const names[] = {"range", "if-none-match", "if-modified-since",
-                                            "if-range"};
-        char **dsts[] = {&q->range, &q->if_none_match, &q->if_modified_since, &q->if_range};
+                                            "if-range", "accept-encoding"};
+        char **dsts[] = {&q->range, &q->if_none_match, &q->if_modified_since, &q->if_range,
+                         &q->accept_encoding};
         if (!strcasecmp(r->field, "host"))
             q->hosts++;
-        for (size_t i = 0; i < 4; i++) {
+        for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
             if (!strcasecmp(r->field, names[i])) {
                 r->dst = dsts[i];
                 r->dst_len = &r->value_len[i];
@@ -161,6 +162,7 @@ static void release_strings(struct http_request *q)
     free(q->if_none_match);
     free(q->if_modified_since);
     free(q->if_range);
+    free(q->accept_encoding);
 }
 
 struct http_reader *http_reader_new(void)
@@ -363,6 +365,43 @@ int http_date_parse(const char *s, time_t *out)
     return 0;
 }
 
+bool http_is_token(const char *s)
+{
+    /* RFC 9110 5.6.2: tchar */
+    size_t n = strspn(s, "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                         "abcdefghijklmnopqrstuvwxyz");
+    return n > 0 && s[n] == '\0';
+}
+
+const char *http_header_invalid(const char *spec)
+{
+    /* Ours alone: they frame the message or the connection, or are always sent already. */
+    static const char *const reserved[] = {
+        "Content-Length", "Transfer-Encoding", "Connection", "Keep-Alive",
+        "Upgrade",        "Content-Range",     "Date",       "Server",
+    };
+    const char *colon = strchr(spec, ':');
+    for (const char *c = spec; *c; c++)
+        if ((unsigned char)*c < 0x20 ? *c != '\t' : *c == 0x7f)
+            return "no control characters (CR, LF, ...) in a header";
+    if (!colon)
+        return "wants 'Name: value'";
+    size_t nlen = (size_t)(colon - spec);
+    char name[64];
+    if (nlen == 0 || nlen >= sizeof(name))
+        return "the name is 1 to 63 characters before the ':'";
+    memcpy(name, spec, nlen);
+    name[nlen] = '\0';
+    if (!http_is_token(name))
+        return "the name is a token: letters, digits and !#$%&'*+-.^_`|~, no spaces";
+    for (size_t i = 0; i < sizeof(reserved) / sizeof(reserved[0]); i++)
+        if (!strcasecmp(name, reserved[i]))
+            return "ktla-serve sets this field itself";
+    if (colon[1 + strspn(colon + 1, " \t")] == '\0')
+        return "the value is empty";
+    return NULL;
+}
+
 int http_format_head(char *buf, size_t cap, const struct http_response *r)
 {
     char date[32], lm[32];
@@ -382,6 +421,10 @@ int http_format_head(char *buf, size_t cap, const struct http_response *r)
         date);
     if (r->content_type)
         ADD("Content-Type: %s\r\n", r->content_type);
+    if (r->content_encoding)
+        ADD("Content-Encoding: %s\r\n", r->content_encoding);
+    if (r->vary_encoding)
+        ADD("Vary: Accept-Encoding\r\n");
     if (r->has_length)
         ADD("Content-Length: %llu\r\n", (unsigned long long)r->content_length);
     if (r->last_modified) {
@@ -401,6 +444,8 @@ int http_format_head(char *buf, size_t cap, const struct http_response *r)
         ADD("Allow: %s\r\n", r->allow);
     if (r->location)
         ADD("Location: %s\r\n", r->location);
+    if (r->extra)
+        ADD("%s", r->extra);
     if (r->connection > 0)
         ADD("Connection: keep-alive\r\n");
     else if (r->connection < 0)

@@ -8,15 +8,23 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <grp.h>
 #include <limits.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <pwd.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
+#include "redirect.h"
 #include "worker.h"
 
 #define DEFAULT_LISTEN "127.0.0.1:8443"
@@ -28,18 +36,46 @@ static const char builtin_mime[] = "text/html html htm\ntext/css css\ntext/javas
                                    "image/jpeg jpg jpeg\nimage/gif gif\nimage/svg+xml svg\n"
                                    "image/webp webp\napplication/pdf pdf\nfont/woff2 woff2\n";
 
+#define MAX_CERTS 16
+#define MAX_HEADERS 16
+/* The response head is formatted in a fixed buffer (worker.h) that must still hold the longest
+ * head of our own (a 301 with a 1 KiB Location): what --header adds stays within this. */
+#define EXTRA_HEADERS_MAX 512
+
+/* Where --listen said to listen. */
+struct listen_addr {
+    struct sockaddr_storage ss;
+    socklen_t len;
+    bool dual_stack; /* ":PORT": [::] with IPV6_V6ONLY off, IPv4 arriving as ::ffff:a.b.c.d */
+};
+
 struct options {
     const char *dir;
     const char *listen;
-    const char *cert, *key;
+    struct listen_addr addr;
+    /* The i-th --cert goes with the i-th --key; the first pair is the default (no SNI, or a
+     * name no certificate has). */
+    const char *cert[MAX_CERTS], *key[MAX_CERTS];
+    unsigned ncert, nkey;
     const char *tickets;
+    const char *charset; /* NULL: none (--charset off) */
+    bool allow_dotfiles;
+    char headers[EXTRA_HEADERS_MAX + 1]; /* "Name: value\r\n" for each --header */
+    size_t headers_len;
     const char *access_log;
     enum ktla_ktls_policy ktls;
     enum ktla_file_path file_path;
     unsigned workers;
     unsigned handshake_timeout_s, idle_timeout_s, drain_timeout_s;
     unsigned max_connections;
-    unsigned sndbuf; /* 0: the kernel's autotuning */
+    unsigned sndbuf;  /* 0: the kernel's autotuning */
+    const char *user; /* --user: drop root to it once the sockets and keys are in hand */
+    uid_t uid;
+    gid_t gid;
+    bool allow_root;
+    const char *pid_file;
+    const char *redirect; /* --redirect-http HOST:PORT, or NULL */
+    struct listen_addr raddr;
 };
 
 static void usage(FILE *f, const char *argv0)
@@ -51,9 +87,13 @@ static void usage(FILE *f, const char *argv0)
         "where the kernel has it.\n\n"
         "  --listen HOST:PORT          address to listen on (default " DEFAULT_LISTEN
         "; [::1]:8443 for IPv6;\n"
-        "                              port 0 picks a free one)\n"
+        "                              :8443 for every IPv4 and IPv6 address; port 0 picks a\n"
+        "                              free one)\n"
         "  --cert FILE --key FILE      certificate chain and private key (PEM); without them a\n"
-        "                              self-signed ECDSA P-256 certificate is made at start-up\n"
+        "                              self-signed ECDSA P-256 certificate is made at start-up.\n"
+        "                              Repeat the pair for several certificates, chosen by SNI\n"
+        "                              (the names in each one's subjectAltName); the first is\n"
+        "                              the default\n"
         "  --ktls auto|require|off     kernel TLS: where possible (default), mandatory, never\n"
         "  --file-io sendfile|splice   how bodies enter a kernel-TLS socket: sendfile(2) from the\n"
         "                              worker (default, measured faster), or io_uring splice\n"
@@ -74,9 +114,28 @@ static void usage(FILE *f, const char *argv0)
         "                              slow client\n"
         "  --access-log FILE|-         access log (Common Log Format + TLS version, cipher,\n"
         "                              record-layer mode, bytes, seconds); reopened on SIGHUP\n"
-        "  --help, --version\n\n"
+        "  --charset NAME|off          charset parameter of text/* types and of JavaScript, JSON\n"
+        "                              and XML (default utf-8); off: none\n"
+        "  --allow-dotfiles            serve paths with a segment starting with '.' (default:\n"
+        "                              404, except beneath /.well-known/)\n"
+        "  --header 'NAME: VALUE'      a field added to every response (e.g. Strict-Transport-\n"
+        "                              Security); repeatable, at most 512 bytes in all\n"
+        "  --redirect-http HOST:PORT   also listen for plain HTTP there, answering each request\n"
+        "                              with a 301 to the same path on https:// and the port of\n"
+        "                              --listen (e.g. --redirect-http :80)\n"
+        "  --user NAME                 once the sockets are bound and the keys loaded, drop root\n"
+        "                              for NAME's user, group and supplementary groups. Started\n"
+        "                              as root on a port below 1024, it refuses to run without\n"
+        "                              --user or --allow-root\n"
+        "  --allow-root                keep root on a port below 1024 (not advised)\n"
+        "  --pid-file FILE             write the process id to FILE, locked while running (a\n"
+        "                              second server on it refuses to start); removed at exit\n"
+        "  -h, --help, --version\n\n"
         "Signals: SIGTERM/SIGINT finish responses in flight, then exit 0; SIGHUP reloads the\n"
-        "certificate, the ticket keys and the access log without dropping connections.\n",
+        "certificate, the ticket keys and the access log without dropping connections.\n\n"
+        "Under systemd: listening sockets passed by socket activation (LISTEN_FDS) replace\n"
+        "--listen, and where NOTIFY_SOCKET is set it says READY=1, RELOADING=1 and STOPPING=1\n"
+        "(Type=notify or Type=notify-reload).\n",
         argv0);
 }
 
@@ -103,6 +162,131 @@ static unsigned cpu_count(void)
     return n > 0 ? (unsigned)n : 1;
 }
 
+/* --header 'Name: value': checked now, so that no response ever carries a broken head. */
+static int add_header(struct options *o, const char *spec)
+{
+    const char *why = http_header_invalid(spec);
+    if (why) {
+        fprintf(stderr, "ktla-serve: --header '%s': %s\n", spec, why);
+        return -1;
+    }
+    const char *colon = strchr(spec, ':'), *value = colon + 1;
+    size_t vlen = strlen(value);
+    while (*value == ' ' || *value == '\t')
+        value++, vlen--;
+    while (vlen && (value[vlen - 1] == ' ' || value[vlen - 1] == '\t'))
+        vlen--;
+    size_t cap = sizeof(o->headers) - o->headers_len;
+    int n = snprintf(o->headers + o->headers_len, cap, "%.*s: %.*s\r\n", (int)(colon - spec), spec,
+                     (int)vlen, value);
+    if (n < 0 || (size_t)n >= cap) {
+        o->headers[o->headers_len] = '\0';
+        fprintf(stderr, "ktla-serve: --header: at most %d bytes of added fields in all\n",
+                EXTRA_HEADERS_MAX);
+        return -1;
+    }
+    o->headers_len += (size_t)n;
+    return 0;
+}
+
+/* --user NAME: looked up now, so that a name that does not resolve is a usage error before
+ * anything is bound. */
+static int lookup_user(struct options *o, const char *name)
+{
+    errno = 0;
+    struct passwd *pw = getpwnam(name);
+    if (!pw) {
+        fprintf(stderr, "ktla-serve: --user %s: %s\n", name,
+                errno ? strerror(errno) : "no such user");
+        return -1;
+    }
+    if (pw->pw_uid == 0) {
+        fprintf(stderr,
+                "ktla-serve: --user %s is root, which --user is there to leave; "
+                "--allow-root keeps root deliberately\n",
+                name);
+        return -1;
+    }
+    o->user = name;
+    o->uid = pw->pw_uid;
+    o->gid = pw->pw_gid;
+    return 0;
+}
+
+/*
+ * HOST:PORT, [V6]:PORT, or :PORT (every address, IPv4 and IPv6). The port is read here rather
+ * than by getaddrinfo, which takes 99999 and wraps it to 34463.
+ */
+static int resolve(const char *opt, const char *spec, struct listen_addr *la)
+{
+    char host[256];
+    const char *colon = strrchr(spec, ':');
+    if (!colon || (size_t)(colon - spec) >= sizeof(host)) {
+        fprintf(stderr,
+                "ktla-serve: %s wants HOST:PORT ([V6]:PORT for IPv6, :PORT for every "
+                "address), not '%s'\n",
+                opt, spec);
+        return -1;
+    }
+    const char *p = colon + 1;
+    unsigned long port = 0;
+    size_t digits = strspn(p, "0123456789");
+    if (digits == 0 || p[digits] != '\0' || digits > 5 || (port = strtoul(p, NULL, 10)) > 65535) {
+        fprintf(stderr, "ktla-serve: %s %s: the port is a number from 0 to 65535, not '%s'\n", opt,
+                spec, p);
+        return -1;
+    }
+    size_t hlen = (size_t)(colon - spec);
+    memcpy(host, spec, hlen);
+    host[hlen] = '\0';
+    char *h = host;
+    bool bracketed = hlen >= 2 && h[0] == '[' && h[hlen - 1] == ']';
+    if (bracketed) {
+        h[hlen - 1] = '\0';
+        h++;
+    } else if (strpbrk(h, "[]:")) {
+        fprintf(stderr, "ktla-serve: %s %s: an IPv6 address goes in brackets: [::1]:8443\n", opt,
+                spec);
+        return -1;
+    }
+    *la = (struct listen_addr){0};
+    if (*h == '\0' && !bracketed) {
+        /* Every address: one IPv6 socket that takes IPv4 too, where the host has IPv6 at all. */
+        int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd >= 0) {
+            close(fd);
+            struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&la->ss;
+            a6->sin6_family = AF_INET6;
+            a6->sin6_addr = in6addr_any;
+            a6->sin6_port = htons((uint16_t)port);
+            la->len = sizeof(*a6);
+            la->dual_stack = true;
+        } else {
+            struct sockaddr_in *a4 = (struct sockaddr_in *)&la->ss;
+            a4->sin_family = AF_INET;
+            a4->sin_addr.s_addr = htonl(INADDR_ANY);
+            a4->sin_port = htons((uint16_t)port);
+            la->len = sizeof(*a4);
+        }
+        return 0;
+    }
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV}, *res;
+    if (bracketed) {
+        hints.ai_family = AF_INET6;
+        hints.ai_flags |= AI_NUMERICHOST;
+    }
+    int ret = getaddrinfo(h, p, &hints, &res);
+    if (ret) {
+        fprintf(stderr, "ktla-serve: %s %s: %s: %s\n", opt, spec,
+                bracketed ? "not an IPv6 address" : "no such address", gai_strerror(ret));
+        return -1;
+    }
+    memcpy(&la->ss, res->ai_addr, res->ai_addrlen);
+    la->len = res->ai_addrlen;
+    freeaddrinfo(res);
+    return 0;
+}
+
 /* 0, 1 (exit 0: --help/--version), or -1 (exit 2). */
 static int parse_options(int argc, char **argv, struct options *o)
 {
@@ -120,6 +304,13 @@ static int parse_options(int argc, char **argv, struct options *o)
         {"max-connections", required_argument, NULL, 'm'},
         {"access-log", required_argument, NULL, 'a'},
         {"sndbuf", required_argument, NULL, 'S'},
+        {"charset", required_argument, NULL, 'C'},
+        {"allow-dotfiles", no_argument, NULL, 'D'},
+        {"header", required_argument, NULL, 'R'},
+        {"user", required_argument, NULL, 'u'},
+        {"allow-root", no_argument, NULL, 'A'},
+        {"pid-file", required_argument, NULL, 'P'},
+        {"redirect-http", required_argument, NULL, 'r'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {0},
@@ -132,19 +323,25 @@ static int parse_options(int argc, char **argv, struct options *o)
         .idle_timeout_s = 30,
         .drain_timeout_s = 10,
         .max_connections = 4096,
+        .charset = "utf-8",
     };
     int c;
-    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
         int ret = 0;
         switch (c) {
         case 'l':
             o->listen = optarg;
             break;
         case 'c':
-            o->cert = optarg;
-            break;
         case 'k':
-            o->key = optarg;
+            if ((c == 'c' ? o->ncert : o->nkey) == MAX_CERTS) {
+                fprintf(stderr, "ktla-serve: at most %d --cert/--key pairs\n", MAX_CERTS);
+                ret = -1;
+            } else if (c == 'c') {
+                o->cert[o->ncert++] = optarg;
+            } else {
+                o->key[o->nkey++] = optarg;
+            }
             break;
         case 'K':
             if (!strcmp(optarg, "auto"))
@@ -192,6 +389,35 @@ static int parse_options(int argc, char **argv, struct options *o)
         case 'S':
             ret = parse_uint("--sndbuf", optarg, 4096, &o->sndbuf);
             break;
+        case 'C':
+            if (!strcmp(optarg, "off")) {
+                o->charset = NULL;
+            } else if (http_is_token(optarg)) {
+                o->charset = optarg;
+            } else {
+                fprintf(stderr, "ktla-serve: --charset wants a charset name or off, not '%s'\n",
+                        optarg);
+                ret = -1;
+            }
+            break;
+        case 'D':
+            o->allow_dotfiles = true;
+            break;
+        case 'R':
+            ret = add_header(o, optarg);
+            break;
+        case 'u':
+            ret = lookup_user(o, optarg);
+            break;
+        case 'A':
+            o->allow_root = true;
+            break;
+        case 'P':
+            o->pid_file = optarg;
+            break;
+        case 'r':
+            o->redirect = optarg;
+            break;
         case 'h':
             usage(stdout, argv[0]);
             return 1;
@@ -216,45 +442,31 @@ static int parse_options(int argc, char **argv, struct options *o)
                 argv[optind], argv[0]);
         return -1;
     }
-    if (!o->cert != !o->key) {
-        fprintf(stderr, "ktla-serve: --cert and --key go together\n");
+    if (o->ncert != o->nkey) {
+        fprintf(stderr,
+                "ktla-serve: --cert and --key go together, one --key for each --cert (%u --cert, "
+                "%u --key)\n",
+                o->ncert, o->nkey);
         return -1;
     }
     if (o->handshake_timeout_s > 3600 || o->workers > 1024) {
         fprintf(stderr, "ktla-serve: --handshake-timeout is at most 3600, --workers 1024\n");
         return -1;
     }
+    /* A --listen that names no address is as much a usage error as any other bad option. */
+    if (resolve("--listen", o->listen, &o->addr) < 0)
+        return -1;
+    if (o->redirect && resolve("--redirect-http", o->redirect, &o->raddr) < 0)
+        return -1;
     return 0;
 }
 
-/* HOST:PORT, [V6]:PORT, :PORT (every address). */
-static int resolve(const char *spec, struct sockaddr_storage *ss, socklen_t *len)
+/* Said rather than left to net.ipv6.bindv6only, which some systems set to 1. */
+static int set_dual_stack(int fd, const struct listen_addr *la)
 {
-    char host[256];
-    const char *colon = strrchr(spec, ':');
-    if (!colon || colon[1] == '\0' || (size_t)(colon - spec) >= sizeof(host)) {
-        fprintf(stderr, "ktla-serve: --listen wants HOST:PORT, not '%s'\n", spec);
-        return -1;
-    }
-    size_t hlen = (size_t)(colon - spec);
-    memcpy(host, spec, hlen);
-    host[hlen] = '\0';
-    char *h = host;
-    if (hlen >= 2 && h[0] == '[' && h[hlen - 1] == ']') {
-        h[hlen - 1] = '\0';
-        h++;
-    }
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICSERV},
-                    *res;
-    int ret = getaddrinfo(*h ? h : NULL, colon + 1, &hints, &res);
-    if (ret) {
-        fprintf(stderr, "ktla-serve: --listen %s: %s\n", spec, gai_strerror(ret));
-        return -1;
-    }
-    memcpy(ss, res->ai_addr, res->ai_addrlen);
-    *len = res->ai_addrlen;
-    freeaddrinfo(res);
-    return 0;
+    if (!la->dual_stack)
+        return 0;
+    return setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &(int){0}, sizeof(int));
 }
 
 /*
@@ -264,20 +476,39 @@ static int resolve(const char *spec, struct sockaddr_storage *ss, socklen_t *len
  * bound without SO_REUSEPORT first makes such a port fail with EADDRINUSE, as for any server.
  * Port 0 is left alone: the first worker's socket picks a free one.
  */
-static int check_port_free(const struct sockaddr_storage *ss, socklen_t len)
+static int check_port_free(const struct listen_addr *la)
 {
-    int one = 1, ret = 0, fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1, ret = 0, fd = socket(la->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -errno;
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
-        bind(fd, (const struct sockaddr *)ss, len) < 0)
+        set_dual_stack(fd, la) < 0 || bind(fd, (const struct sockaddr *)&la->ss, la->len) < 0)
         ret = -errno;
     close(fd);
     return ret;
 }
 
-static int open_listener(struct sockaddr_storage *ss, socklen_t len, unsigned sndbuf)
+/* The --redirect-http socket: one, for one thread, so no SO_REUSEPORT (a second server on the
+ * port is refused as for any server). -errno on failure. */
+static int open_plain_listener(const struct listen_addr *la)
 {
+    int one = 1, fd = socket(la->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+        set_dual_stack(fd, la) < 0 || bind(fd, (const struct sockaddr *)&la->ss, la->len) < 0 ||
+        listen(fd, 128) < 0) {
+        int ret = -errno;
+        close(fd);
+        return ret;
+    }
+    return fd;
+}
+
+static int open_listener(struct listen_addr *la, unsigned sndbuf)
+{
+    struct sockaddr_storage *ss = &la->ss;
+    socklen_t len = la->len;
     int one = 1, fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         goto err;
@@ -287,7 +518,8 @@ static int open_listener(struct sockaddr_storage *ss, socklen_t len, unsigned sn
     /* One socket per worker on the same address: the kernel spreads connections over them. */
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
         setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
-        bind(fd, (struct sockaddr *)ss, len) < 0 || listen(fd, 1024) < 0)
+        set_dual_stack(fd, la) < 0 || bind(fd, (struct sockaddr *)ss, len) < 0 ||
+        listen(fd, 1024) < 0)
         goto err_close;
     /* Port 0: the first socket picks the port, the others join it. */
     if (getsockname(fd, (struct sockaddr *)ss, &len) < 0)
@@ -298,6 +530,234 @@ err_close:
     close(fd);
 err:
     return -errno;
+}
+
+/* ---- running as a service: socket activation, dropping root, the pid file, sd_notify */
+
+#define LISTEN_FDS_START 3 /* sd_listen_fds(3): the first passed descriptor */
+#define MAX_INHERITED 64
+
+/*
+ * Sockets passed by systemd (or systemd-socket-activate), read by the documented protocol of
+ * sd_listen_fds(3) rather than through libsystemd, for three environment variables: LISTEN_PID
+ * must be this process (the variables may have been meant for a parent and inherited by
+ * mistake: then they are not ours and are left alone), LISTEN_FDS sockets start at descriptor 3,
+ * LISTEN_FDNAMES names them (colon-separated; printed, not needed). Each must be a listening TCP
+ * socket: Accept=yes (one connection per process) and datagram sockets are refused.
+ * Returns the number of sockets (0: not socket-activated), or -1 with the reason printed.
+ */
+static int inherited_sockets(int *fds, unsigned max)
+{
+    const char *pid_s = getenv("LISTEN_PID"), *fds_s = getenv("LISTEN_FDS");
+    char *end;
+    if (!pid_s || !fds_s)
+        return 0;
+    errno = 0;
+    unsigned long pid = strtoul(pid_s, &end, 10);
+    if (errno || end == pid_s || *end || pid != (unsigned long)getpid())
+        return 0;
+    unsigned long n = strtoul(fds_s, &end, 10);
+    if (errno || end == fds_s || *end || n > max) {
+        fprintf(stderr, "ktla-serve: LISTEN_FDS=%s: want a number of sockets up to %u\n", fds_s,
+                max);
+        return -1;
+    }
+    /* Children of ours (none today) must not take them for their own. */
+    unsetenv("LISTEN_PID");
+    unsetenv("LISTEN_FDS");
+    unsetenv("LISTEN_FDNAMES");
+    for (unsigned i = 0; i < n; i++) {
+        int fd = LISTEN_FDS_START + (int)i, type = 0, listening = 0;
+        socklen_t tl = sizeof(type), ll = sizeof(listening);
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof(ss);
+        if (fcntl(fd, F_SETFD, FD_CLOEXEC) < 0 ||
+            getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) < 0 ||
+            getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &ll) < 0 ||
+            getsockname(fd, (struct sockaddr *)&ss, &sl) < 0) {
+            fprintf(stderr, "ktla-serve: socket activation: descriptor %d is not a socket: %s\n",
+                    fd, strerror(errno));
+            return -1;
+        }
+        if (type != SOCK_STREAM || !listening ||
+            (ss.ss_family != AF_INET && ss.ss_family != AF_INET6)) {
+            fprintf(stderr,
+                    "ktla-serve: socket activation: descriptor %d is not a listening TCP socket "
+                    "(the .socket unit wants ListenStream= and Accept=no)\n",
+                    fd);
+            return -1;
+        }
+        fds[i] = fd;
+    }
+    if (n == 0) {
+        fprintf(stderr, "ktla-serve: socket activation: LISTEN_FDS=0, no socket to serve on\n");
+        return -1;
+    }
+    return (int)n;
+}
+
+static unsigned sockaddr_port(const struct sockaddr_storage *ss)
+{
+    return ntohs(ss->ss_family == AF_INET6 ? ((const struct sockaddr_in6 *)ss)->sin6_port
+                                           : ((const struct sockaddr_in *)ss)->sin_port);
+}
+
+/*
+ * root is how a server gets a port below 1024 (without systemd or CAP_NET_BIND_SERVICE), and once
+ * it is bound root serves no purpose: a flaw in TLS or HTTP code would hand an attacker the whole
+ * machine. So there, root without --user is refused, unless --allow-root says it is meant. On a
+ * high port nothing needed root and running as root is a developer's or a container's
+ * (CI's, the test suites'), and is left alone.
+ */
+static int refuse_root(const struct options *o, unsigned port)
+{
+    if (geteuid() != 0 || o->user || o->allow_root || port == 0 || port >= 1024)
+        return 0;
+    fprintf(stderr,
+            "ktla-serve: refusing to serve port %u as root: give --user NAME to drop root once "
+            "the port is bound and the keys loaded (or --allow-root to keep it)\n",
+            port);
+    return -1;
+}
+
+/*
+ * Opened without O_TRUNC and locked before it is written, so that a second server given the same
+ * file finds the first one's pid in it rather than clobbering it. The descriptor stays open (the
+ * lock with it) until exit. Returns it, or -1 with the reason printed.
+ */
+static int pid_file_open(const char *path)
+{
+    int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        fprintf(stderr, "ktla-serve: --pid-file %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        char other[32] = "";
+        ssize_t len = pread(fd, other, sizeof(other) - 1, 0);
+        other[len > 0 ? len : 0] = '\0';
+        other[strcspn(other, "\n")] = '\0';
+        fprintf(stderr, "ktla-serve: --pid-file %s: %s (pid %s holds it)\n", path,
+                errno == EWOULDBLOCK ? "another ktla-serve is running" : strerror(errno),
+                *other ? other : "?");
+        close(fd);
+        return -1;
+    }
+    char buf[32];
+    int len = snprintf(buf, sizeof(buf), "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) < 0 || pwrite(fd, buf, (size_t)len, 0) != len) {
+        fprintf(stderr, "ktla-serve: --pid-file %s: %s\n", path, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* After --user, the directory of a root's pid file is no longer ours to unlink in: then it is
+ * emptied through the descriptor still open for writing, which every reader takes as stale. */
+static void pid_file_remove(const char *path, int fd)
+{
+    if (fd < 0)
+        return;
+    if (unlink(path) < 0)
+        (void)!ftruncate(fd, 0);
+    close(fd);
+}
+
+/*
+ * sd_notify(3)'s protocol without libsystemd: one datagram to the AF_UNIX socket NOTIFY_SOCKET
+ * names (a path, or '@' for the abstract namespace). Connected before root is dropped, so that a
+ * socket only root may write to still takes our messages afterwards. -1: nothing to tell.
+ */
+static int notify_fd = -1;
+
+static void notify_open(void)
+{
+    const char *path = getenv("NOTIFY_SOCKET");
+    if (!path || !*path)
+        return;
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    size_t len = strlen(path);
+    if ((path[0] != '/' && path[0] != '@') || len >= sizeof(sa.sun_path)) {
+        fprintf(stderr,
+                "ktla-serve: NOTIFY_SOCKET=%s: not an AF_UNIX socket path; systemd will "
+                "not hear that the server is ready\n",
+                path);
+        return;
+    }
+    memcpy(sa.sun_path, path, len);
+    if (path[0] == '@')
+        sa.sun_path[0] = '\0';
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 ||
+        connect(fd, (struct sockaddr *)&sa,
+                (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + (path[0] == '/'))) < 0) {
+        fprintf(stderr,
+                "ktla-serve: NOTIFY_SOCKET=%s: %s; systemd will not hear that the "
+                "server is ready\n",
+                path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+    notify_fd = fd;
+}
+
+static void notify(const char *msg)
+{
+    /* Never blocks: systemd not reading its socket must not stop the server. */
+    if (notify_fd >= 0)
+        (void)!send(notify_fd, msg, strlen(msg), MSG_DONTWAIT | MSG_NOSIGNAL);
+}
+
+/* Type=notify-reload wants RELOADING=1 with the CLOCK_MONOTONIC time of the reload. */
+static void notify_reloading(void)
+{
+    struct timespec ts;
+    char msg[64];
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    snprintf(msg, sizeof(msg), "RELOADING=1\nMONOTONIC_USEC=%llu",
+             (unsigned long long)ts.tv_sec * 1000000ULL + (unsigned long long)ts.tv_nsec / 1000);
+    notify(msg);
+}
+
+/*
+ * Root to --user for good: supplementary groups first (they need root), then the group, then the
+ * user (setuid from root sets the real, effective and saved ids, and clears the capabilities).
+ * Then checked rather than trusted: every id is the user's, and a way back to root fails.
+ * no_new_privs closes the last one (a set-user-ID program run by a later exec). 0 or -1.
+ */
+static int drop_root(const struct options *o)
+{
+    if (geteuid() != 0) {
+        if (geteuid() == o->uid && getegid() == o->gid)
+            return 0; /* already that user (systemd's User= with --user too) */
+        fprintf(stderr,
+                "ktla-serve: --user %s: only root can become another user (running as "
+                "uid %u)\n",
+                o->user, (unsigned)geteuid());
+        return -1;
+    }
+    if (initgroups(o->user, o->gid) < 0 || setgid(o->gid) < 0 || setuid(o->uid) < 0) {
+        fprintf(stderr, "ktla-serve: --user %s: cannot become that user: %s\n", o->user,
+                strerror(errno));
+        return -1;
+    }
+    uid_t ru, eu, su;
+    gid_t rg, eg, sg;
+    if (getresuid(&ru, &eu, &su) < 0 || getresgid(&rg, &eg, &sg) < 0 || ru != o->uid ||
+        eu != o->uid || su != o->uid || rg != o->gid || eg != o->gid || sg != o->gid ||
+        setuid(0) == 0 || seteuid(0) == 0 || (o->gid != 0 && (setgid(0) == 0 || setegid(0) == 0))) {
+        fprintf(stderr, "ktla-serve: --user %s: root was not dropped for good; stopping\n",
+                o->user);
+        return -1;
+    }
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
+        fprintf(stderr, "ktla-serve: --user %s: PR_SET_NO_NEW_PRIVS: %s\n", o->user,
+                strerror(errno));
+        return -1;
+    }
+    return 0;
 }
 
 static void print_url(const struct sockaddr_storage *ss, char *out, size_t cap)
@@ -347,21 +807,40 @@ static void report_ktls(enum ktla_ktls_policy policy, enum ktla_file_path file_p
            ktla_strerror(probe), ktla_err_name(probe));
 }
 
+/* Each pair checked by cert_check: 0, or -1 with the reason printed after `what`. */
+static int check_certs(const struct options *o, const char *what)
+{
+    char err[512];
+    for (unsigned i = 0; i < o->ncert; i++) {
+        if (cert_check(o->cert[i], o->key[i], err, sizeof(err)) < 0) {
+            fprintf(stderr, "ktla-serve: %s%s\n", what, err);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static void reload(const struct options *o, struct serve_config *cfg)
 {
-    if (o->cert) {
-        struct ktla_cert_config cc = {.cert_file = o->cert, .key_file = o->key};
-        int ret = ktla_ctx_reload_certs(cfg->ctx, &cc, 1);
-        char fp[128] = "?";
-        cert_fingerprint(NULL, o->cert, fp, sizeof(fp));
-        if (ret < 0)
-            fprintf(stderr,
-                    "ktla-serve: SIGHUP: certificate NOT reloaded, keeping the old one: "
-                    "%s\n",
-                    ktla_strerror(ret));
-        else
+    if (o->ncert) {
+        struct ktla_cert_config cc[MAX_CERTS];
+        for (unsigned i = 0; i < o->ncert; i++)
+            cc[i] = (struct ktla_cert_config){.cert_file = o->cert[i], .key_file = o->key[i]};
+        int ret = check_certs(o, "SIGHUP: certificates NOT reloaded, keeping the old ones: ");
+        if (ret == 0) {
+            ret = ktla_ctx_reload_certs(cfg->ctx, cc, o->ncert);
+            if (ret < 0)
+                fprintf(stderr,
+                        "ktla-serve: SIGHUP: certificates NOT reloaded, keeping the old ones: "
+                        "%s\n",
+                        ktla_strerror(ret));
+        }
+        for (unsigned i = 0; ret == 0 && i < o->ncert; i++) {
+            char fp[128] = "?";
+            cert_fingerprint(NULL, o->cert[i], fp, sizeof(fp));
             fprintf(stderr, "ktla-serve: SIGHUP: certificate reloaded from %s (SHA-256 %s)\n",
-                    o->cert, fp);
+                    o->cert[i], fp);
+        }
     }
     if (o->tickets) {
         int ret = ktla_ctx_load_ticket_keys(cfg->ctx, o->tickets);
@@ -382,13 +861,42 @@ static void reload(const struct options *o, struct serve_config *cfg)
     }
 }
 
+/* DIR must be readable by whoever serves it: checked at start-up, and again after --user. */
+static int check_dir(const char *dir, int root_fd)
+{
+    int ret = files_probe(root_fd);
+    if (ret == -EACCES || ret == -EPERM) {
+        /* O_PATH above needs no permission on DIR itself; reading it does. */
+        struct passwd *pw = getpwuid(geteuid());
+        fprintf(stderr,
+                "ktla-serve: cannot read '%s': %s (ktla-serve runs as user %s, uid %u): give "
+                "that user read and search permission on it\n",
+                dir, strerror(-ret), pw ? pw->pw_name : "?", (unsigned)geteuid());
+        return -1;
+    } else if (ret == -ENOSYS) {
+        fprintf(stderr,
+                "ktla-serve: this kernel lacks openat2(RESOLVE_BENEATH) (%s), which keeps every "
+                "path beneath DIR; Linux 5.6 or later is needed\n",
+                strerror(-ret));
+        return -1;
+    } else if (ret < 0) {
+        fprintf(stderr, "ktla-serve: cannot open '%s' with openat2(RESOLVE_BENEATH): %s\n", dir,
+                strerror(-ret));
+        return -1;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     struct options o;
     struct serve_config cfg = {.log_fd = -1};
     struct cert_pem pem = {0};
     struct worker *workers = NULL;
-    unsigned nstarted = 0, ninit = 0;
+    unsigned nworkers, nstarted = 0, ninit = 0;
+    int inherited[MAX_INHERITED], ninherited, pid_fd = -1, redirect_fd = -1;
+    struct redirect *redirect = NULL;
+    bool redirect_failed = false;
     char fp[128], err[256];
     int status = 1, ret;
 
@@ -398,19 +906,27 @@ int main(int argc, char **argv)
     /* sendfile(2) cannot be told MSG_NOSIGNAL: a client that goes away must not kill us. */
     signal(SIGPIPE, SIG_IGN);
 
+    ninherited = inherited_sockets(inherited, MAX_INHERITED);
+    if (ninherited < 0)
+        return 1;
+    for (int i = 0; i < ninherited; i++) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof(ss);
+        getsockname(inherited[i], (struct sockaddr *)&ss, &sl);
+        if (refuse_root(&o, sockaddr_port(&ss)) < 0)
+            return 2;
+    }
+    if ((!ninherited && refuse_root(&o, sockaddr_port(&o.addr.ss)) < 0) ||
+        (o.redirect && refuse_root(&o, sockaddr_port(&o.raddr.ss)) < 0))
+        return 2;
+
     cfg.root_fd = open(o.dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (cfg.root_fd < 0) {
         fprintf(stderr, "ktla-serve: cannot serve '%s': %s\n", o.dir, strerror(errno));
         return 1;
     }
-    ret = files_probe(cfg.root_fd);
-    if (ret < 0) {
-        fprintf(stderr,
-                "ktla-serve: this kernel lacks openat2(RESOLVE_BENEATH) (%s), which keeps every "
-                "path beneath DIR; Linux 5.6 or later is needed\n",
-                strerror(-ret));
+    if (check_dir(o.dir, cfg.root_fd) < 0)
         goto err_root;
-    }
     if (mime_load(&cfg.mime, MIME_TYPES) < 0) {
         fprintf(stderr,
                 "ktla-serve: no %s (Debian's media-types package): using a few built-in "
@@ -419,31 +935,54 @@ int main(int argc, char **argv)
         if (mime_load_string(&cfg.mime, builtin_mime) < 0)
             goto err_root;
     }
+    if (mime_set_charset(&cfg.mime, o.charset) < 0) {
+        fprintf(stderr, "ktla-serve: out of memory\n");
+        goto err_mime;
+    }
+    cfg.mime.allow_dotfiles = o.allow_dotfiles;
+    cfg.mime.extra_headers = o.headers_len ? o.headers : NULL;
 
-    struct ktla_cert_config cc = {.cert_file = o.cert, .key_file = o.key};
-    if (!o.cert) {
+    struct ktla_cert_config cc[MAX_CERTS] = {{0}};
+    unsigned ncc = o.ncert ? o.ncert : 1;
+    for (unsigned i = 0; i < o.ncert; i++)
+        cc[i] = (struct ktla_cert_config){.cert_file = o.cert[i], .key_file = o.key[i]};
+    if (!o.ncert) {
         if (cert_self_signed(&pem, err, sizeof(err)) < 0) {
             fprintf(stderr, "ktla-serve: %s\n", err);
             goto err_mime;
         }
-        cc.cert_pem = pem.cert;
-        cc.key_pem = pem.key;
+        cc[0].cert_pem = pem.cert;
+        cc[0].key_pem = pem.key;
+    } else if (check_certs(&o, "") < 0) {
+        goto err_mime;
     }
-    if (cert_fingerprint(pem.cert, o.cert, fp, sizeof(fp)) < 0)
-        snprintf(fp, sizeof(fp), "(cannot read the certificate)");
     static const char *const alpn[] = {"http/1.1"};
     struct ktla_ctx_config cc_ctx = {
-        .certs = &cc,
-        .ncerts = 1,
+        .certs = cc,
+        .ncerts = ncc,
         .alpn = alpn,
         .nalpn = 1,
-        .ticket_key_file = o.tickets,
     };
     ret = ktla_ctx_new(&cc_ctx, &cfg.ctx);
     if (ret < 0) {
-        fprintf(stderr, "ktla-serve: %s%s%s%s: %s\n", o.cert ? o.cert : "the certificate",
-                o.tickets ? " or " : "", o.tickets ? o.tickets : "", "", ktla_strerror(ret));
+        fprintf(stderr, "ktla-serve: %s: %s\n", o.ncert ? "--cert/--key" : "the certificate",
+                ktla_strerror(ret));
         goto err_pem;
+    }
+    /* Loaded apart from ktla_ctx_new so that a failure names this file, not the certificate. */
+    if (o.tickets) {
+        int tfd = open(o.tickets, O_RDONLY | O_CLOEXEC);
+        if (tfd < 0) {
+            fprintf(stderr, "ktla-serve: --tickets %s: cannot read it: %s\n", o.tickets,
+                    strerror(errno));
+            goto err_ctx;
+        }
+        close(tfd);
+        ret = ktla_ctx_load_ticket_keys(cfg.ctx, o.tickets);
+        if (ret < 0) {
+            fprintf(stderr, "ktla-serve: --tickets %s: %s\n", o.tickets, ktla_strerror(ret));
+            goto err_ctx;
+        }
     }
 
     struct ktla_kernel_support ks;
@@ -466,56 +1005,133 @@ int main(int argc, char **argv)
     cfg.handshake_timeout_ms = o.handshake_timeout_s * 1000;
     cfg.idle_timeout_s = o.idle_timeout_s;
     cfg.drain_timeout_s = o.drain_timeout_s;
-    cfg.max_conns = (o.max_connections + o.workers - 1) / o.workers;
+    /* With socket activation every worker accepts on a duplicate of a passed socket (several
+     * workers on one socket take turns from its queue): SO_REUSEPORT cannot be set on a socket
+     * bound by someone else, and systemd passes one socket per address. */
+    nworkers = o.workers > (unsigned)ninherited ? o.workers : (unsigned)ninherited;
+    cfg.max_conns = (o.max_connections + nworkers - 1) / nworkers;
 
-    struct sockaddr_storage ss;
-    socklen_t sslen;
-    if (resolve(o.listen, &ss, &sslen) < 0)
-        goto err_log;
-    in_port_t port = ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                              : ((struct sockaddr_in *)&ss)->sin_port;
-    ret = port ? check_port_free(&ss, sslen) : 0;
+    struct sockaddr_storage *ss = &o.addr.ss;
+    ret = !ninherited && sockaddr_port(ss) ? check_port_free(&o.addr) : 0;
     if (ret < 0) {
         fprintf(stderr, "ktla-serve: cannot listen on %s: %s\n", o.listen, strerror(-ret));
         goto err_log;
     }
-    workers = calloc(o.workers, sizeof(*workers));
+    for (int i = 0; i < ninherited; i++) {
+        if (o.sndbuf &&
+            setsockopt(inherited[i], SOL_SOCKET, SO_SNDBUF, &(int){(int)o.sndbuf}, sizeof(int))) {
+            fprintf(stderr, "ktla-serve: --sndbuf on the socket from systemd: %s\n",
+                    strerror(errno));
+            goto err_log;
+        }
+    }
+    workers = calloc(nworkers, sizeof(*workers));
     if (!workers)
         goto err_log;
-    for (unsigned i = 0; i < o.workers; i++) {
+    for (unsigned i = 0; i < nworkers; i++)
+        workers[i].listen_fd = -1;
+    for (unsigned i = 0; i < nworkers; i++) {
         struct worker *w = &workers[i];
         w->cfg = &cfg;
         w->stop = &cfg.stop;
         w->index = (int)i;
-        w->listen_fd = open_listener(&ss, sslen, o.sndbuf);
-        if (w->listen_fd < 0) {
-            fprintf(stderr, "ktla-serve: cannot listen on %s: %s\n", o.listen,
-                    strerror(-w->listen_fd));
-            goto err_workers;
+        if (ninherited) {
+            w->listen_fd = fcntl(inherited[i % (unsigned)ninherited], F_DUPFD_CLOEXEC, 0);
+            if (w->listen_fd < 0) {
+                fprintf(stderr, "ktla-serve: cannot duplicate the socket from systemd: %s\n",
+                        strerror(errno));
+                goto err_workers;
+            }
+        } else {
+            w->listen_fd = open_listener(&o.addr, o.sndbuf);
+            if (w->listen_fd < 0) {
+                fprintf(stderr, "ktla-serve: cannot listen on %s: %s\n", o.listen,
+                        strerror(-w->listen_fd));
+                goto err_workers;
+            }
         }
-        if (worker_init(w) < 0) {
-            close(w->listen_fd);
-            goto err_workers;
-        }
-        ninit++;
     }
 
+    if (o.redirect) {
+        redirect_fd = open_plain_listener(&o.raddr);
+        if (redirect_fd < 0) {
+            fprintf(stderr, "ktla-serve: cannot listen on --redirect-http %s: %s\n", o.redirect,
+                    strerror(-redirect_fd));
+            goto err_workers;
+        }
+    }
+
+    /* Everything root was needed for is in hand: the sockets, the keys, the access log. The pid
+     * file too (it is written as root, in a directory only root may write to). */
+    if (o.pid_file) {
+        pid_fd = pid_file_open(o.pid_file);
+        if (pid_fd < 0)
+            goto err_workers;
+    }
+    notify_open();
+    if (o.user && (drop_root(&o) < 0 || check_dir(o.dir, cfg.root_fd) < 0))
+        goto err_workers;
+    /* The rings are made as the user that runs them. */
+    for (; ninit < nworkers; ninit++)
+        if (worker_init(&workers[ninit]) < 0)
+            goto err_workers;
+
     char url[NI_MAXHOST + 32], dir[PATH_MAX];
-    print_url(&ss, url, sizeof(url));
+    if (ninherited) {
+        socklen_t sl = sizeof(*ss);
+        getsockname(inherited[0], (struct sockaddr *)ss, &sl);
+    }
+    print_url(ss, url, sizeof(url));
     if (!realpath(o.dir, dir))
         snprintf(dir, sizeof(dir), "%s", o.dir);
-    printf("ktla-serve %s: serving %s at %s\n", ktla_version(), dir, url);
-    if (o.cert)
-        printf("  certificate: %s, SHA-256 %s\n", o.cert, fp);
-    else
+    printf("ktla-serve %s: serving %s at %s%s\n", ktla_version(), dir, url,
+           ninherited          ? " (socket from systemd)"
+           : o.addr.dual_stack ? " (every IPv4 and IPv6 address)"
+                               : "");
+    for (int i = 1; i < ninherited; i++) {
+        struct sockaddr_storage other;
+        socklen_t sl = sizeof(other);
+        char more[NI_MAXHOST + 32];
+        getsockname(inherited[i], (struct sockaddr *)&other, &sl);
+        print_url(&other, more, sizeof(more));
+        printf("  and:         %s (socket from systemd)\n", more);
+    }
+    for (unsigned i = 0; i < o.ncert; i++) {
+        if (cert_fingerprint(NULL, o.cert[i], fp, sizeof(fp)) < 0)
+            snprintf(fp, sizeof(fp), "(cannot read the certificate)");
+        printf("  %s %s, SHA-256 %s%s\n", i ? "            " : "certificate:", o.cert[i], fp,
+               o.ncert < 2 ? ""
+               : i         ? " (by SNI)"
+                           : " (the default)");
+    }
+    if (!o.ncert) {
+        if (cert_fingerprint(pem.cert, NULL, fp, sizeof(fp)) < 0)
+            snprintf(fp, sizeof(fp), "(cannot read the certificate)");
         printf("  certificate: self-signed ECDSA P-256 for localhost, 127.0.0.1, ::1 (made now, in "
                "memory), SHA-256 %s\n",
                fp);
+    }
     report_ktls(o.ktls, o.file_path, probe, &ks);
-    printf("  workers:     %u (one io_uring and one SO_REUSEPORT socket each), up to %u "
-           "connections\n",
-           o.workers, cfg.max_conns * o.workers);
-    if (!o.cert)
+    if (ninherited)
+        printf("  workers:     %u (one io_uring each, sharing the %d socket%s systemd passed), up "
+               "to %u connections\n",
+               nworkers, ninherited, ninherited > 1 ? "s" : "", cfg.max_conns * nworkers);
+    else
+        printf("  workers:     %u (one io_uring and one SO_REUSEPORT socket each), up to %u "
+               "connections\n",
+               nworkers, cfg.max_conns * nworkers);
+    if (o.redirect) {
+        struct sockaddr_storage rss;
+        socklen_t sl = sizeof(rss);
+        char rurl[NI_MAXHOST + 32];
+        getsockname(redirect_fd, (struct sockaddr *)&rss, &sl);
+        print_url(&rss, rurl, sizeof(rurl));
+        printf("  redirect:    http%s: 301 to https on port %u\n", rurl + 5, sockaddr_port(ss));
+    }
+    if (o.user)
+        printf("  user:        %s (uid %u, gid %u): root dropped after binding and loading keys\n",
+               o.user, (unsigned)o.uid, (unsigned)o.gid);
+    if (!o.ncert)
         printf("  try:         curl --insecure %s\n", url);
     fflush(stdout);
 
@@ -526,13 +1142,29 @@ int main(int argc, char **argv)
     sigaddset(&sigs, SIGINT);
     sigaddset(&sigs, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-    for (; nstarted < o.workers; nstarted++) {
+    for (; nstarted < nworkers; nstarted++) {
         ret = worker_start(&workers[nstarted]);
         if (ret < 0) {
             fprintf(stderr, "ktla-serve: cannot start a worker thread: %s\n", strerror(-ret));
             atomic_store(&cfg.stop, 2);
             break;
         }
+    }
+    if (nstarted == nworkers && redirect_fd >= 0) {
+        /* The thread owns the socket from here, whatever happens. */
+        ret = redirect_start(redirect_fd, sockaddr_port(ss), &redirect);
+        redirect_fd = -1;
+        if (ret < 0) {
+            fprintf(stderr, "ktla-serve: cannot start the --redirect-http thread: %s\n",
+                    strerror(-ret));
+            atomic_store(&cfg.stop, 2);
+            redirect_failed = true;
+        }
+    }
+    if (nstarted == nworkers && !redirect_failed) {
+        char msg[NI_MAXHOST + PATH_MAX + 64];
+        snprintf(msg, sizeof(msg), "READY=1\nSTATUS=serving %s at %s", dir, url);
+        notify(msg);
     }
 
     for (;;) {
@@ -546,9 +1178,16 @@ int main(int argc, char **argv)
         struct timespec ts = {.tv_nsec = 100 * 1000000};
         int sig = sigtimedwait(&sigs, NULL, &ts);
         if (sig == SIGHUP) {
+            notify_reloading();
             reload(&o, &cfg);
+            notify("READY=1");
         } else if (sig == SIGTERM || sig == SIGINT) {
             int was = atomic_load(&cfg.stop);
+            /* Nothing more is redirected to a server on its way out. */
+            redirect_stop(redirect);
+            redirect = NULL;
+            if (!was)
+                notify("STOPPING=1\nSTATUS=finishing responses in flight");
             atomic_store(&cfg.stop, was ? 2 : 1);
             fprintf(stderr, "ktla-serve: %s: %s\n", sig == SIGTERM ? "SIGTERM" : "SIGINT",
                     was ? "closing every connection now"
@@ -559,7 +1198,7 @@ int main(int argc, char **argv)
         for (unsigned i = 0; i < nstarted; i++)
             worker_wake(&workers[i]);
     }
-    status = nstarted < o.workers ? 1 : 0;
+    status = nstarted < nworkers || redirect_failed ? 1 : 0;
     for (unsigned i = 0; i < nstarted; i++)
         if (workers[i].failed)
             status = 1;
@@ -577,7 +1216,10 @@ int main(int argc, char **argv)
             (unsigned long long)handshakes, (unsigned long long)kernel,
             (unsigned long long)fallbacks, (unsigned long long)served);
 
+    redirect_stop(redirect);
 err_workers:
+    if (redirect_fd >= 0)
+        close(redirect_fd);
     /* Workers made but never started drain (nothing) on this thread, so nothing leaks. */
     atomic_store(&cfg.stop, 2);
     for (unsigned i = nstarted; i < ninit; i++)
@@ -587,9 +1229,13 @@ err_workers:
             worker_join(&workers[i]);
         else
             worker_release(&workers[i]);
-        close(workers[i].listen_fd);
     }
+    for (unsigned i = 0; workers && i < nworkers; i++)
+        if (workers[i].listen_fd >= 0)
+            close(workers[i].listen_fd);
     free(workers);
+    if (o.pid_file)
+        pid_file_remove(o.pid_file, pid_fd);
 err_log:
     if (cfg.log_fd >= 0)
         close(cfg.log_fd);
@@ -601,5 +1247,9 @@ err_mime:
     mime_free(&cfg.mime);
 err_root:
     close(cfg.root_fd);
+    for (int i = 0; i < ninherited; i++)
+        close(inherited[i]);
+    if (notify_fd >= 0)
+        close(notify_fd);
     return status;
 }

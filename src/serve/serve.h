@@ -41,6 +41,7 @@ struct http_request {
     char *if_none_match;
     char *if_modified_since;
     char *if_range;
+    char *accept_encoding; /* NULL: none sent (then only the files themselves are served) */
     /* 0: a request to answer; otherwise the error status the head earned (400, 405 is not here:
      * the method is checked by the caller; 413, 414, 431, 500 when memory ran out, 501, 505). */
     int status;
@@ -60,8 +61,9 @@ struct http_reader {
     char **dst; /* where the current field's value goes, or NULL: not a field we read */
     size_t *dst_len, *dst_cap;
     size_t target_cap;
-    size_t value_len[4]; /* of range, if_none_match, if_modified_since, if_range */
-    size_t value_cap[4];
+    size_t value_len[5]; /* of range, if_none_match, if_modified_since, if_range,
+                            accept_encoding */
+    size_t value_cap[5];
     /* The request's leading capital letters (at most 32) and the byte after them, -1 until it
      * arrives: 501 or 400 for a method http_parser does not know, in whatever pieces it came. */
     int method_len, method_end;
@@ -88,10 +90,21 @@ size_t http_inbuf_grow(size_t cap);
 
 const char *http_reason(int status);
 
+/* Whether s is a non-empty RFC 9110 token (a field name, a charset name). */
+bool http_is_token(const char *s);
+
+/* Checks a field for every response, "Name: value": NULL when it may be sent, else why not (a
+ * name that is not a token, a control character such as CR or LF anywhere, or a field that
+ * frames the message and so is this server's alone: Content-Length, Transfer-Encoding,
+ * Connection, ...). */
+const char *http_header_invalid(const char *spec);
+
 /* What a response head says; zero fields are left out. */
 struct http_response {
     int status;
     const char *content_type;
+    const char *content_encoding; /* "br", "gzip": a precompressed sibling is the body */
+    bool vary_encoding;           /* Vary: Accept-Encoding (the file has such a sibling) */
     bool has_length;
     uint64_t content_length;
     time_t last_modified; /* 0: none */
@@ -104,6 +117,7 @@ struct http_response {
     const char *location;
     int connection; /* 0: say nothing, 1: keep-alive, -1: close */
     time_t now;
+    const char *extra; /* "Name: value\r\n"... from --header, after our own fields; or NULL */
 };
 
 /* Formats the head (status line, fields, blank line) into buf. Returns its length, or -1 when
@@ -130,8 +144,21 @@ int files_target_to_path(const char *target, size_t len, char *out, size_t cap,
  * symbolic links that lead outside all fail). Returns an fd, or -status (403, 404). */
 int files_open_beneath(int root_fd, const char *rel);
 
+/* Whether a path relative to DIR is hidden: a segment starting with '.' (".env", ".git/config"),
+ * except a first segment ".well-known" (RFC 8615: ACME challenges, security.txt), beneath which
+ * only deeper dot segments are hidden. */
+bool files_path_hidden(const char *rel);
+
 /* Checks once whether this kernel has openat2 with RESOLVE_BENEATH. 0 or -errno. */
 int files_probe(int root_fd);
+
+/*
+ * How much an Accept-Encoding field value wants a content coding ("br", "gzip"): its q-value in
+ * thousandths, 0 (not acceptable: absent from the list without a "*", or q=0) to 1000. Names
+ * compare without case, "x-gzip" is "gzip" (RFC 9110 12.5.3), "*" stands for every coding the
+ * list does not name, and an element with a malformed q-value counts as absent.
+ */
+int files_coding_q(const char *accept, const char *coding);
 
 /* Strong validator from inode, size and modification time, quoted; buf needs 64 bytes. */
 void files_etag(const struct stat *st, char *buf, size_t cap);
@@ -166,21 +193,31 @@ struct files_body {
 
 /*
  * The answer to a complete request head, decided from the request and the tree beneath root_fd
- * alone: returns the status (a reading error in q->status as it is; 405, 413; what the file
- * gives) and fills resp's fields for it (validators, type, range, Location, Allow; not the
+ * alone. A file with a precompressed sibling beside it (x.css.br, x.css.gz: made ahead of time,
+ * never compressed here) is answered with the sibling when Accept-Encoding accepts its coding
+ * (the higher q-value; br on a tie), with Content-Encoding, the sibling's own validators (the
+ * ETag marked -br or -gz) and ranges counted in its bytes; every answer about such a file says
+ * Vary: Accept-Encoding. Returns the status (a reading error in q->status as it is; 405, 413; what
+ * the file gives) and fills resp's fields for it (validators, type, range, Location, Allow; not the
  * connection and not an error's text) and *body. ktla-serve answers with it, and the HTTP
  * fuzzer checks it: one function, so the fuzzer never tests a copy that has drifted.
  */
 int files_answer(int root_fd, const struct mime_table *mime, const struct http_request *q,
                  struct files_scratch *s, struct http_response *resp, struct files_body *body);
 
-/* /etc/mime.types: extension to media type. */
+/*
+ * /etc/mime.types: extension to media type. It also carries the start-up choices that shape
+ * every answer beyond the media type, because worker.c hands files_answer this table and
+ * nothing else of the configuration.
+ */
 struct mime_table {
     struct mime_entry {
         char *ext;
         char *type;
     } * v;
     size_t n;
+    bool allow_dotfiles;       /* --allow-dotfiles: serve segments starting with '.' */
+    const char *extra_headers; /* --header fields, "Name: value\r\n"..., or NULL */
 };
 
 /* Loads a mime.types file (0 or -errno); an empty table answers application/octet-stream. */
@@ -188,6 +225,12 @@ int mime_load(struct mime_table *t, const char *path);
 /* Loads from a string in mime.types format (for tests and the built-in fallback). */
 int mime_load_string(struct mime_table *t, const char *text);
 void mime_free(struct mime_table *t);
+/* Adds "; charset=NAME" to every textual type in t: text/ types, JavaScript, JSON, XML and the
+ * +json and +xml types (charset NULL: nothing). Call once, after loading. 0 or -ENOMEM (t unchanged
+ * for the types not yet done, still consistent). */
+int mime_set_charset(struct mime_table *t, const char *charset);
+/* Whether a media type is text a charset applies to (see mime_set_charset). */
+bool mime_is_textual(const char *type);
 const char *mime_lookup(const struct mime_table *t, const char *path);
 
 /* ---- log.c */
@@ -226,6 +269,14 @@ struct cert_pem {
  * for 30 days, as PEM. 0, or -1 with the reason in err. */
 int cert_self_signed(struct cert_pem *out, char *err, size_t errcap);
 void cert_pem_free(struct cert_pem *p);
+
+/*
+ * Reads cert_file's first certificate and key_file's private key as ktla_ctx_new will, and
+ * checks that they belong together, so that a failure can name the file and the cause (errno's,
+ * or OpenSSL's reason), where the library has one code for all of them. 0, or -1 with a
+ * sentence in err that starts with the option ("--key FILE: ...").
+ */
+int cert_check(const char *cert_file, const char *key_file, char *err, size_t errcap);
 
 /* SHA-256 of the DER certificate as AA:BB:..., from PEM in memory or a file. 0 or -1. */
 int cert_fingerprint(const char *pem, const char *file, char *out, size_t cap);

@@ -154,7 +154,7 @@ check "If-None-Match not matching wins over If-Modified-Since: 200" '[ "$code" =
 code=$("${c[@]}" -o /dev/null -w '%{http_code}' -H 'If-Modified-Since: Sat, 01 Jan 2000 00:00:00 GMT' "${url}mid.bin")
 check "If-Modified-Since before the change: 200" '[ "$code" = 200 ]'
 ctype=$("${c[@]}" -o /dev/null -w '%{content_type}' "$url")
-check "/ serves index.html as text/html" '[ "$ctype" = text/html ]'
+check "/ serves index.html as text/html; charset=utf-8" '[ "$ctype" = "text/html; charset=utf-8" ]'
 loc=$("${c[@]}" -o /dev/null -w '%{http_code} %{redirect_url}' "${url}sub")
 check "a directory without its slash: 301 to it with the slash" '[ "$loc" = "301 ${url}sub/" ]'
 loc=$("${c[@]}" -o /dev/null -w '%{http_code} %{redirect_url}' "${url}/sub")
@@ -226,6 +226,229 @@ check "HTTP/2.0 request line: 505" '[ "$(raw '\''GET / HTTP/2.0\r\nHost: x\r\n\r
 check "HTTP/1.1 without Host: 400" '[ "$(raw '\''GET / HTTP/1.1\r\n\r\n'\'')" = "HTTP/1.1 400 Bad Request" ]'
 check "garbage: 400" '[ "$(raw '\''hello there\r\n\r\n'\'')" = "HTTP/1.1 400 Bad Request" ]'
 
+main_url=$url
+# ---- issue 12: what an operator meets first (each line named for the defect it covers)
+# 1, 11: a bad --listen or a wrapped port is a usage error (exit 2) that says what is wrong; -h
+for l in 127.0.0.1:99999 127.0.0.1:-1 nonsense ::1:8443; do
+    msg=$(timeout 10 "$build/ktla-serve" --listen "$l" "$root" 2>&1); rc=$?
+    check "--listen $l: refused, exit 2 ($rc)" \
+        '[ $rc = 2 ] && printf "%s" "$msg" | grep -q "^ktla-serve: --listen"' "$msg"
+done
+timeout 10 "$build/ktla-serve" -h >/dev/null 2>&1; rc=$?
+check "-h is --help: exit 0 ($rc)" '[ $rc = 0 ]'
+
+# 2, 6: each certificate, key and ticket-file problem named with its file and cause
+mkcert() {
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=$1" \
+        -addext "subjectAltName=DNS:$1" -keyout "$work/$1.key" -out "$work/$1.pem" 2>/dev/null
+}
+mkcert a.test; mkcert b.test
+openssl pkey -in "$work/a.test.key" -aes256 -passout pass:x -out "$work/enc.key"
+start_err() { timeout 10 "$build/ktla-serve" --listen 127.0.0.1:0 --workers 1 "$@" "$root" 2>&1 >/dev/null; }
+a=("$work/a.test.pem")
+msg=$(start_err --cert "$a" --key /nope.key)
+check "--key missing: '--key /nope.key: cannot read it: No such file or directory'" \
+    'echo "$msg" | grep -q -- "--key /nope.key: cannot read it: No such file or directory"' "$msg"
+msg=$(start_err --cert "$a" --key "$work")
+check "--key a directory: named, 'Is a directory'" \
+    'echo "$msg" | grep -q -- "--key $work: cannot read it: Is a directory"' "$msg"
+msg=$(start_err --cert "$a" --key "$work/b.test.key")
+check "--key of another certificate: 'is not the private key of the certificate in --cert'" \
+    'echo "$msg" | grep -q -- "--key $work/b.test.key is not the private key of the certificate in --cert $a"' "$msg"
+msg=$(start_err --cert "$a" --key "$work/enc.key")
+check "--key encrypted: said so, with the command that decrypts it" \
+    'echo "$msg" | grep -q -- "--key $work/enc.key: the private key is encrypted"' "$msg"
+msg=$(start_err --cert "$work/a.test.key" --key "$work/a.test.key")
+check "--cert without a certificate: 'no PEM certificate in it (OpenSSL: ...)'" \
+    'echo "$msg" | grep -q -- "--cert $work/a.test.key: no PEM certificate in it (OpenSSL: "' "$msg"
+msg=$(start_err --tickets /nope)
+check "--tickets /nope: named alone, with errno" \
+    '[ "$msg" = "ktla-serve: --tickets /nope: cannot read it: No such file or directory" ]' "$msg"
+
+# 3: a DIR the server's user cannot read is a permission problem, not an old kernel
+pdir=$(mktemp -d /tmp/ktla-serve-perm.XXXXXX)
+chmod 755 "$pdir"; mkdir "$pdir/closed"; chmod 700 "$pdir/closed"
+as=()
+if [ "$(id -u)" = 0 ]; then as=(setpriv --reuid=65534 --regid=65534 --clear-groups); else chmod 000 "$pdir/closed"; fi
+msg=$("${as[@]}" timeout 10 "$build/ktla-serve" --listen 127.0.0.1:0 "$pdir/closed" 2>&1); rc=$?
+check "DIR not readable: 'cannot read ... Permission denied', exit 1, no word of openat2 ($rc)" \
+    '[ $rc = 1 ] && echo "$msg" | grep -q "cannot read .*Permission denied" && ! echo "$msg" | grep -q openat2' "$msg"
+rm -rf "$pdir"
+
+# 16: --header refused at start-up when malformed or one of the server's own fields
+for h in "$(printf 'X-A: b\r\nX-B: c')" 'No colon' 'Bad Name: v' 'Content-Length: 5' 'X-Empty:'; do
+    msg=$(timeout 10 "$build/ktla-serve" --listen 127.0.0.1:0 --header "$h" "$root" 2>&1); rc=$?
+    check "--header '$(printf %q "$h")': refused, exit 2 ($rc)" \
+        '[ $rc = 2 ] && echo "$msg" | grep -q "^ktla-serve: --header"' "$msg"
+done
+
+# 5, 14 with the defaults, on the main server: charset=utf-8 on text, dot-files 404
+mkdir -p "$root/.git" "$root/.well-known/acme-challenge"
+echo 'SECRET=1' >"$root/.env"; echo '[core]' >"$root/.git/config"; echo tok >"$root/.well-known/acme-challenge/t"
+echo 'héllo' >"$root/u.txt"; echo '{}' >"$root/j.json"
+each() { local f a=(); for f in "${@:2}"; do a+=(-o /dev/null "$f"); done; "${c[@]}" --path-as-is -w "$1" "${a[@]}"; }
+types=$(each '%{content_type}|' "${url}u.txt" "${url}j.json" "${url}index.html" "${url}f1")
+check "charset=utf-8 on text/plain, application/json, text/html; none on a binary type ($types)" \
+    '[ "$types" = "text/plain; charset=utf-8|application/json; charset=utf-8|text/html; charset=utf-8|application/octet-stream|" ]'
+codes=$(each '%{http_code} ' "${url}.env" "${url}.git/config" "${url}%2eenv" "${url}sub/../.env" "${url}.well-known/acme-challenge/t")
+check "dot-files 404 (.env, .git/config, %2eenv), /.well-known/ served ($codes)" '[ "$codes" = "404 404 404 403 200 " ]'
+
+# 12: precompressed siblings: x.css.br / x.css.gz served by Accept-Encoding, never compressed here
+for i in $(seq 200); do echo "body { margin: ${i}px; } /* $RANDOM */"; done >"$root/site.css"
+gzip -9 -n -c "$root/site.css" >"$root/site.css.gz"
+head -c 777 /dev/urandom >"$root/site.css.br" # br bytes as a file: nothing here decodes them
+cp "$root/site.css" "$root/alone.css"
+# pre NAME ACCEPT [curl args...]: the response's status, encoding, Vary, ETag into $pre_*, its body
+# into $work/pre-NAME.
+pre() {
+    local name=$1 ae=$2 h; shift 2
+    h=$("${c[@]}" ${ae:+-H "Accept-Encoding: $ae"} -D - -o "$work/pre-$name" "$@" | tr -d '\r')
+    pre_code=$(echo "$h" | awk 'NR == 1 { print $2 }')
+    pre_enc=$(echo "$h" | sed -n 's/^Content-Encoding: //p')
+    pre_vary=$(echo "$h" | sed -n 's/^Vary: //p')
+    pre_etag=$(echo "$h" | sed -n 's/^ETag: //p')
+    pre_type=$(echo "$h" | sed -n 's/^Content-Type: //p')
+}
+pre br 'gzip, deflate, br' "${url}site.css"; etag_br=$pre_etag
+check "precompressed: Accept-Encoding 'gzip, deflate, br' gets site.css.br ($pre_code $pre_enc, Vary $pre_vary)" \
+    '[ "$pre_code $pre_enc $pre_vary" = "200 br Accept-Encoding" ] && [ "$pre_type" = "text/css; charset=utf-8" ] &&
+     cmp -s "$work/pre-br" "$root/site.css.br"'
+pre gz 'gzip, br;q=0' "${url}site.css"; etag_gz=$pre_etag
+check "precompressed: 'gzip, br;q=0' gets site.css.gz, byte for byte ($pre_code $pre_enc)" \
+    '[ "$pre_code $pre_enc $pre_vary" = "200 gzip Accept-Encoding" ] && cmp -s "$work/pre-gz" "$root/site.css.gz"'
+"${c[@]}" -H 'Accept-Encoding: gzip' --compressed -o "$work/pre-decoded" "${url}site.css"
+check "precompressed: curl --compressed decodes the .gz to the file" 'cmp -s "$work/pre-decoded" "$root/site.css"'
+pre id '' "${url}site.css"; etag_id=$pre_etag
+check "precompressed: no Accept-Encoding: the file itself, still with Vary ($pre_code '$pre_enc' $pre_vary)" \
+    '[ "$pre_code $pre_vary" = "200 Accept-Encoding" ] && [ -z "$pre_enc" ] && cmp -s "$work/pre-id" "$root/site.css"'
+pre q 'br;q=0.2, gzip;q=0.9' "${url}site.css"
+check "precompressed: the higher q-value wins (br;q=0.2, gzip;q=0.9: $pre_enc)" '[ "$pre_enc" = gzip ]'
+pre none 'gzip;q=0, br;q=0' "${url}site.css"
+check "precompressed: both refused with q=0: the file itself ($pre_code '$pre_enc')" \
+    '[ "$pre_code" = 200 ] && [ -z "$pre_enc" ] && cmp -s "$work/pre-none" "$root/site.css"'
+check "precompressed: three ETags, one per encoding" \
+    '[ -n "$etag_id" ] && [ "$etag_id" != "$etag_gz" ] && [ "$etag_id" != "$etag_br" ] && [ "$etag_gz" != "$etag_br" ]'
+pre range gzip -r 10-19 "${url}site.css"
+check "precompressed: a range counts the .gz's bytes ($pre_code $pre_enc)" \
+    '[ "$pre_code $pre_enc $pre_vary" = "206 gzip Accept-Encoding" ] &&
+     cmp -s "$work/pre-range" <(tail -c +11 "$root/site.css.gz" | head -c 10)'
+pre inm gzip -H "If-None-Match: $etag_gz" "${url}site.css"
+check "precompressed: If-None-Match with the gzip ETag: 304 with Vary ($pre_code $pre_vary)" \
+    '[ "$pre_code $pre_vary" = "304 Accept-Encoding" ]'
+pre inm2 '' -H "If-None-Match: $etag_gz" "${url}site.css"
+check "precompressed: the gzip ETag does not validate the plain file ($pre_code)" '[ "$pre_code" = 200 ]'
+pre head gzip -I "${url}site.css"
+check "precompressed: HEAD says the same ($pre_code $pre_enc)" '[ "$pre_code $pre_enc $pre_vary" = "200 gzip Accept-Encoding" ]'
+pre alone 'gzip, br' "${url}alone.css"
+check "precompressed: a file without siblings: no Content-Encoding, no Vary ('$pre_enc' '$pre_vary')" \
+    '[ "$pre_code" = 200 ] && [ -z "$pre_enc$pre_vary" ] && cmp -s "$work/pre-alone" "$root/alone.css"'
+
+# 15: --redirect-http: plain HTTP answered with a 301 to the https URL, one request per connection
+# plain PORT BYTES: what a plain-HTTP server answers to BYTES (printf format), CRs removed.
+plain() {
+    timeout 15 bash -c 'exec 5<>/dev/tcp/127.0.0.1/$0 && printf "$1" >&5 && cat <&5' "$1" "$2" 2>/dev/null |
+        tr -d '\r'
+}
+if start_server redir --redirect-http 127.0.0.1:0 "$root"; then
+    rurl=$(grep -o 'redirect:    http://[^ ]*/' "$work/redir.out" | cut -c14-)
+    rport=${rurl##*:}; rport=${rport%/}
+    sport=${url##*:}; sport=${sport%/}
+    check "--redirect-http: the banner says where and to which port ($rurl -> $sport)" \
+        'grep -q "^  redirect:    http://127.0.0.1:$rport/: 301 to https on port $sport$" "$work/redir.out"' \
+        "$(cat "$work/redir.out")"
+    got=$(curl -s --max-time 20 -o /dev/null -w '%{http_code} %{redirect_url}' "${rurl}sub/index.html?a=1&b=%20")
+    check "--redirect-http: 301 to the same path and query on https ($got)" \
+        '[ "$got" = "301 https://127.0.0.1:$sport/sub/index.html?a=1&b=%20" ]'
+    "${c[@]}" -L -o "$work/got" "${rurl}mid.bin"
+    check "--redirect-http: curl -L follows it and downloads the file over TLS" \
+        '[ "$(sha "$work/got")" = "$(sha "$root/mid.bin")" ]'
+    got=$(curl -s --max-time 20 -o /dev/null -w '%{http_code} %{redirect_url}' -H 'Host: www.example.com:80' "${rurl}x")
+    check "--redirect-http: the host is the request's, its port replaced ($got)" \
+        '[ "$got" = "301 https://www.example.com:$sport/x" ]'
+    got=$(curl -s --max-time 20 -I "${rurl}f1" | tr -d '\r' | head -n 1)
+    check "--redirect-http: HEAD is redirected too ($got)" '[ "$got" = "HTTP/1.1 301 Moved Permanently" ]'
+    out=$(plain "$rport" 'GET /abs HTTP/1.1\r\nHost: ignored\r\n\r\n')
+    check "--redirect-http: one request per connection: Connection: close, then the server closes" \
+        'echo "$out" | grep -q "^Connection: close$"' "$out"
+    out=$(plain "$rport" 'GET http://example.org:8080/p?q HTTP/1.1\r\nHost: other\r\n\r\n')
+    check "--redirect-http: an absolute-form target names the host" \
+        'echo "$out" | grep -q "^Location: https://example.org:$sport/p?q$"' "$out"
+    bad=
+    for req in 'garbage\r\n\r\n' 'GET / HTTP/1.0\r\n\r\n' 'GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n' \
+        'GET / HTTP/1.1\r\nHost: evil.com/\r\n\r\n' 'GET / HTTP/1.1\r\nHost: a b\r\n\r\n' \
+        'GET nopath HTTP/1.1\r\nHost: a\r\n\r\n' 'GET / HTTP/2.0\r\nHost: a\r\n\r\n' \
+        'GET / HTTP/1.1\r\nHost: a\r\nno colon here\r\n\r\n'; do
+        line=$(plain "$rport" "$req" | head -n 1)
+        [ "$line" = "HTTP/1.1 400 Bad Request" ] || bad+="$req -> $line; "
+    done
+    check "--redirect-http: garbage, no Host, two Hosts, a Host that is no host: 400 each" '[ -z "$bad" ]' "$bad"
+    line=$(plain "$rport" "GET /$(head -c 9000 /dev/zero | tr '\0' a) HTTP/1.1\r\n" | head -n 1)
+    check "--redirect-http: a head over 8 KiB: 431 ($line)" '[ "$line" = "HTTP/1.1 431 Request Header Fields Too Large" ]'
+    # Many connections at once that send nothing do not stop a request that does.
+    idle=$(python3 - "$rport" <<'EOF'
+import socket, sys
+held = [socket.create_connection(("127.0.0.1", int(sys.argv[1]))) for _ in range(100)]
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(b"GET /after HTTP/1.1\r\nHost: h\r\n\r\n")
+s.settimeout(10)
+print(s.recv(100).split(b"\r\n")[0].decode())
+EOF
+)
+    check "--redirect-http: 100 silent connections, then a request: still answered ($idle)" \
+        '[ "$idle" = "HTTP/1.1 301 Moved Permanently" ]'
+    kill -TERM "$spid"; wait "$spid"; rc=$?
+    check "--redirect-http: the server exits 0 on SIGTERM ($rc)" '[ $rc = 0 ]' "$(tail -n 5 "$work/redir.err")"
+else
+    not_ok "the server with --redirect-http starts"
+fi
+for l in 127.0.0.1:99999 nonsense; do
+    msg=$(timeout 10 "$build/ktla-serve" --listen 127.0.0.1:0 --redirect-http "$l" "$root" 2>&1); rc=$?
+    check "--redirect-http $l: refused, exit 2 ($rc)" '[ $rc = 2 ] && echo "$msg" | grep -q "^ktla-serve: --redirect-http"' "$msg"
+done
+
+# 7, 16, 5, 14: two certificates by SNI, added headers, --charset off, --allow-dotfiles
+if start_server ops --cert "$a" --key "$work/a.test.key" --cert "$work/b.test.pem" --key "$work/b.test.key" \
+    --header 'Strict-Transport-Security: max-age=63072000' --header 'X-Test:  yes ' \
+    --charset off --allow-dotfiles "$root"; then
+    oport=${url##*:}; oport=${oport%/}
+    subj() { openssl s_client -connect "127.0.0.1:$oport" ${1:+-servername "$1"} </dev/null 2>/dev/null | openssl x509 -noout -subject 2>/dev/null | tr -d ' '; }
+    got="$(subj a.test) $(subj b.test) $(subj other.test) $(subj)"
+    check "two --cert/--key pairs: chosen by SNI, the first the default ($got)" \
+        '[ "$got" = "subject=CN=a.test subject=CN=b.test subject=CN=a.test subject=CN=a.test" ]'
+    check "the banner lists both certificates" 'grep -q "b.test.pem, SHA-256 .* (by SNI)" "$work/ops.out"'
+    hdr=$("${c[@]}" -D - -o /dev/null "${url}u.txt" "${url}nothing-here" | tr -d '\r')
+    check "--header: on every response (200 and 404), value trimmed" \
+        '[ "$(echo "$hdr" | grep -c "^Strict-Transport-Security: max-age=63072000$")" = 2 ] && [ "$(echo "$hdr" | grep -c "^X-Test: yes$")" = 2 ]' "$hdr"
+    check "--charset off: text/plain without a charset" 'echo "$hdr" | grep -q "^Content-Type: text/plain$"' "$hdr"
+    code=$("${c[@]}" -o "$work/got" -w '%{http_code}' "${url}.env")
+    check "--allow-dotfiles: /.env served" '[ "$code" = 200 ] && cmp -s "$work/got" "$root/.env"'
+    kill -TERM "$spid"; wait "$spid"
+else
+    not_ok "the server with two certificates starts" "$(cat "$work/ops.err")"
+fi
+
+# 10: ktla-bench takes a host name
+port_main=${main_url##*:}; port_main=${port_main%/}
+out=$(timeout 60 "$build/ktla-bench" -q -n 5 -c 1 -w 0 "https://localhost:$port_main/f1" 2>&1); rc=$?
+check "ktla-bench https://localhost:PORT/ (the server on 127.0.0.1 only): exit 0 ($rc)" '[ $rc = 0 ]' "$out"
+
+# 8: --listen :PORT takes IPv4 and IPv6, in a network namespace of its own (only loopback there)
+if unshare -rn true 2>/dev/null; then
+    out=$(unshare -rn sh -c '
+        ip link set lo up
+        "$1" --listen :0 --workers 1 --ktls '"$policy"' "$2" >"$3/ds.out" 2>"$3/ds.err" & p=$!
+        i=0; until grep -qs "https://" "$3/ds.out" || [ $i -gt 1000 ]; do sleep 0.05; i=$((i + 1)); done
+        u=$(grep -o "https://[^ ]*" "$3/ds.out" | head -n 1); port=${u##*:}; port=${port%/}
+        curl -sk -o /dev/null -w "%{http_code} " "https://127.0.0.1:$port/f1"
+        curl -gsk -o /dev/null -w "%{http_code} " "https://[::1]:$port/f1"
+        kill $p; wait $p' sh "$build/ktla-serve" "$root" "$work")
+    check "--listen :PORT: one server answers on 127.0.0.1 and on ::1 ($out), and says so" \
+        '[ "$out" = "200 200 " ] && grep -q "at https://\[::\]:[0-9]*/ (every IPv4 and IPv6 address)" "$work/ds.out"' "$(cat "$work/ds.out" "$work/ds.err")"
+else
+    ok "--listen :PORT dual-stack # no network namespace here (unshare -rn), not run"
+fi
+url=$main_url
+
 # ---- IPv6
 "$build/ktla-serve" --listen '[::1]:0' --workers 1 --ktls $policy "$root" >"$work/v6.out" 2>"$work/v6.err" &
 v6=$!
@@ -234,6 +457,8 @@ if wait_for 120 grep -q 'https://\[::1\]' "$work/v6.out"; then
     v6url=$(grep -o 'https://[^ ]*' "$work/v6.out" | head -n 1)
     code=$("${c[@]}" -g -o "$work/got" -w '%{http_code}' "${v6url}f16385")
     check "IPv6: --listen [::1]:0 serves $v6url" '[ "$code" = 200 ] && cmp -s "$work/got" "$root/f16385"'
+    out=$(timeout 60 "$build/ktla-bench" -q -n 5 -c 1 -w 0 "${v6url}f1" 2>&1); rc=$?
+    check "ktla-bench $v6url (an IPv6 literal): exit 0 ($rc)" '[ $rc = 0 ]' "$out"
 else
     not_ok "IPv6: --listen [::1]:0" "$(cat "$work/v6.out" "$work/v6.err")"
 fi

@@ -128,6 +128,24 @@ Test(files_open, a_fifo_opens_without_blocking_and_is_not_regular)
 }
 
 /* files_answer: the status, the head's fields and the body for a request, as ktla-serve sends. */
+static int answer_q(const struct http_request *req, struct http_response *resp,
+                    struct files_body *body)
+{
+    static struct files_scratch s;
+    static struct mime_table mime;
+    static bool loaded;
+    if (!loaded)
+        cr_assert_eq(mime_load_string(&mime, "text/css css\napplication/gzip gz\n"), 0);
+    loaded = true;
+    struct http_request q = *req;
+    q.target_len = strlen(q.target);
+    *resp = (struct http_response){0};
+    int status = files_answer(root_fd, &mime, &q, &s, resp, body);
+    if (body->fd >= 0)
+        close(body->fd);
+    return status;
+}
+
 static int answer(enum http_method m, const char *target, const char *range,
                   struct http_response *resp, struct files_body *body)
 {
@@ -242,4 +260,147 @@ Test(files, debians_mime_types_knows_the_usual_types)
     cr_assert_str_eq(mime_lookup(&t, "a.png"), "image/png");
     cr_assert_str_eq(mime_lookup(&t, "a.json"), "application/json");
     mime_free(&t);
+}
+
+/* Issue 12 (14): dot-files are hidden by default, /.well-known/ is not. */
+Test(files, dot_segments_are_hidden_except_well_known)
+{
+    cr_assert(files_path_hidden(".env"));
+    cr_assert(files_path_hidden(".git/config"));
+    cr_assert(files_path_hidden("sub/.htpasswd"));
+    cr_assert(files_path_hidden("a/b/.c/d"));
+    cr_assert(files_path_hidden(".well-known/.secret"), "deeper dot segments stay hidden");
+    cr_assert(files_path_hidden("sub/.well-known/x"), "only DIR's own .well-known is open");
+    cr_assert_not(files_path_hidden("."), "the root");
+    cr_assert_not(files_path_hidden(".well-known/acme-challenge/tok"));
+    cr_assert_not(files_path_hidden("index.html"));
+    cr_assert_not(files_path_hidden("a.b/c.d"));
+}
+
+/* Issue 12 (5): charset=NAME on text types only, and only where asked. */
+Test(files, charset_is_added_to_textual_types_only)
+{
+    struct mime_table t;
+    cr_assert_eq(mime_load_string(&t, "text/plain txt\ntext/html html\napplication/json json\n"
+                                      "application/javascript js\nimage/svg+xml svg\n"
+                                      "application/ld+json jsonld\nimage/png png\n"),
+                 0);
+    cr_assert_eq(mime_set_charset(&t, "utf-8"), 0);
+    cr_assert_str_eq(mime_lookup(&t, "a.txt"), "text/plain; charset=utf-8");
+    cr_assert_str_eq(mime_lookup(&t, "a.html"), "text/html; charset=utf-8");
+    cr_assert_str_eq(mime_lookup(&t, "a.json"), "application/json; charset=utf-8");
+    cr_assert_str_eq(mime_lookup(&t, "a.js"), "application/javascript; charset=utf-8");
+    cr_assert_str_eq(mime_lookup(&t, "a.svg"), "image/svg+xml; charset=utf-8");
+    cr_assert_str_eq(mime_lookup(&t, "a.jsonld"), "application/ld+json; charset=utf-8");
+    cr_assert_str_eq(mime_lookup(&t, "a.png"), "image/png");
+    cr_assert_str_eq(mime_lookup(&t, "a.bin"), "application/octet-stream");
+    mime_free(&t);
+
+    cr_assert_eq(mime_load_string(&t, "text/plain txt\n"), 0);
+    cr_assert_eq(mime_set_charset(&t, NULL), 0);
+    cr_assert_str_eq(mime_lookup(&t, "a.txt"), "text/plain", "--charset off");
+    mime_free(&t);
+}
+
+Test(files, accept_encoding_q_values)
+{
+    cr_assert_eq(files_coding_q("gzip, deflate, br", "br"), 1000);
+    cr_assert_eq(files_coding_q("gzip, deflate, br", "gzip"), 1000);
+    cr_assert_eq(files_coding_q("gzip", "br"), 0, "not listed, no *");
+    cr_assert_eq(files_coding_q("", "gzip"), 0);
+    cr_assert_eq(files_coding_q("br;q=0, gzip", "br"), 0, "q=0: not acceptable");
+    cr_assert_eq(files_coding_q("br ; q=0.5 ,gzip;q=0.25", "br"), 500);
+    cr_assert_eq(files_coding_q("br ; q=0.5 ,gzip;q=0.25", "gzip"), 250);
+    cr_assert_eq(files_coding_q("GZIP;Q=1.000", "gzip"), 1000, "names and q without case");
+    cr_assert_eq(files_coding_q("x-gzip", "gzip"), 1000, "x-gzip is gzip");
+    cr_assert_eq(files_coding_q("*", "br"), 1000);
+    cr_assert_eq(files_coding_q("*;q=0.1, br;q=0", "br"), 0, "a name beats *");
+    cr_assert_eq(files_coding_q("*;q=0.1, br;q=0", "gzip"), 100);
+    cr_assert_eq(files_coding_q("br;q=2", "br"), 0, "malformed q: as if absent");
+    cr_assert_eq(files_coding_q("br;q=0.1234", "br"), 0);
+    cr_assert_eq(files_coding_q("br;q=", "br"), 0);
+    cr_assert_eq(files_coding_q("brotli, gzipx", "br"), 0, "whole names only");
+    cr_assert_eq(files_coding_q("brotli, gzipx", "gzip"), 0);
+    cr_assert_eq(files_coding_q(",,, br;level=5 ,", "br"), 1000, "empty elements, other params");
+}
+
+/* x.css (identity, 10 bytes) beside x.css.br (3) and x.css.gz (5); y.css.gz without y.css;
+ * z.css alone; a.css with a.css.gz a directory. */
+Test(files_open, precompressed_siblings_by_accept_encoding)
+{
+    char p[256];
+    mk("root/x.css", "0123456789");
+    mk("root/x.css.br", "BRR");
+    mk("root/x.css.gz", "GZIPP");
+    mk("root/y.css.gz", "lonely");
+    mk("root/z.css", "plain");
+    mk("root/a.css", "aaa");
+    snprintf(p, sizeof(p), "%s/root/a.css.gz", tmp);
+    cr_assert_eq(mkdir(p, 0755), 0);
+    struct http_response r;
+    struct files_body b;
+    struct http_request q = {.method = HTTP_GET, .target = "/x.css"};
+    char identity[64], br[64], gz[64];
+
+    cr_assert_eq(answer_q(&q, &r, &b), 200, "no Accept-Encoding: the file itself");
+    cr_assert(b.len == 10 && !r.content_encoding && r.vary_encoding);
+    cr_assert_str_eq(r.content_type, "text/css");
+    strcpy(identity, r.etag);
+
+    q.accept_encoding = "gzip, deflate, br";
+    cr_assert_eq(answer_q(&q, &r, &b), 200);
+    cr_assert(b.len == 3 && r.content_length == 3 && r.vary_encoding, "br preferred");
+    cr_assert_str_eq(r.content_encoding, "br");
+    cr_assert_str_eq(r.content_type, "text/css", "the type of what was asked for");
+    strcpy(br, r.etag);
+    cr_assert(strstr(br, "-br\"") && strcmp(br, identity));
+
+    q.accept_encoding = "gzip, br;q=0";
+    cr_assert_eq(answer_q(&q, &r, &b), 200);
+    cr_assert(b.len == 5 && r.content_encoding && !strcmp(r.content_encoding, "gzip"));
+    strcpy(gz, r.etag);
+    cr_assert(strstr(gz, "-gz\"") && strcmp(gz, identity) && strcmp(gz, br));
+
+    q.accept_encoding = "br;q=0.5, gzip;q=0.8";
+    cr_assert_eq(answer_q(&q, &r, &b), 200);
+    cr_assert_str_eq(r.content_encoding, "gzip", "the higher q wins over br's preference");
+
+    q.accept_encoding = "gzip;q=0, br;q=0, identity";
+    cr_assert_eq(answer_q(&q, &r, &b), 200);
+    cr_assert(b.len == 10 && !r.content_encoding && r.vary_encoding);
+
+    /* Ranges count the encoded bytes; validators are the encoded file's. */
+    q.accept_encoding = "gzip";
+    q.range = "bytes=1-";
+    cr_assert_eq(answer_q(&q, &r, &b), 206);
+    cr_assert(b.off == 1 && b.len == 4 && r.total == 5 && r.vary_encoding);
+    cr_assert_str_eq(r.content_encoding, "gzip");
+    q.range = "bytes=7-";
+    cr_assert_eq(answer_q(&q, &r, &b), 416, "7 is inside the file, not inside the .gz");
+    cr_assert(r.total == 5 && r.vary_encoding);
+    q.range = NULL;
+    q.if_none_match = gz;
+    cr_assert_eq(answer_q(&q, &r, &b), 304);
+    cr_assert(r.vary_encoding && !r.content_encoding);
+    q.if_none_match = identity;
+    cr_assert_eq(answer_q(&q, &r, &b), 200, "the identity ETag does not match the gzip one");
+    q.if_none_match = NULL;
+    q.method = HTTP_HEAD;
+    cr_assert_eq(answer_q(&q, &r, &b), 200);
+    cr_assert(r.content_length == 5 && r.content_encoding);
+
+    /* Only beside a file that is there; a directory is no sibling. */
+    q = (struct http_request){.method = HTTP_GET, .target = "/y.css", .accept_encoding = "gzip"};
+    cr_assert_eq(answer_q(&q, &r, &b), 404);
+    q.target = "/z.css";
+    cr_assert_eq(answer_q(&q, &r, &b), 200);
+    cr_assert(!r.content_encoding && !r.vary_encoding, "no sibling: no Vary");
+    q.target = "/a.css";
+    cr_assert_eq(answer_q(&q, &r, &b), 200);
+    cr_assert(b.len == 3 && !r.content_encoding && !r.vary_encoding);
+    /* The sibling asked for by name is a file like any other. */
+    q.target = "/x.css.gz";
+    cr_assert_eq(answer_q(&q, &r, &b), 200);
+    cr_assert(b.len == 5 && !r.content_encoding);
+    cr_assert_str_eq(r.content_type, "application/gzip");
 }

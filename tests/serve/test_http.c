@@ -286,3 +286,62 @@ Test(http, dates_round_trip_in_all_three_forms)
     cr_assert_eq(http_date_parse("Sun, 06 Foo 1994 08:49:37 GMT", &t), -1);
     cr_assert_eq(http_date_parse("Sun, 06 Nov 1994 08:49:37 GMT trailing", &t), -1);
 }
+
+/* Issue 12 (16): what --header accepts, and that the head carries it. */
+Test(http, header_option_refuses_broken_and_reserved_fields)
+{
+    cr_assert_null(http_header_invalid("Strict-Transport-Security: max-age=63072000"));
+    cr_assert_null(http_header_invalid("X-A:b"));
+    cr_assert_null(http_header_invalid("Cache-Control: public,\tmax-age=60"));
+    cr_assert_not_null(http_header_invalid("X-A: b\r\nX-B: c"), "CR LF");
+    cr_assert_not_null(http_header_invalid("X-A: b\n"), "LF");
+    cr_assert_not_null(http_header_invalid("X-A: b\x7f"), "DEL");
+    cr_assert_not_null(http_header_invalid("No colon"));
+    cr_assert_not_null(http_header_invalid(": v"), "no name");
+    cr_assert_not_null(http_header_invalid("Bad Name: v"), "a space in the name");
+    cr_assert_not_null(http_header_invalid("X-A:  "), "empty value");
+    cr_assert_not_null(http_header_invalid("content-length: 5"), "framing is ours");
+    cr_assert_not_null(http_header_invalid("Transfer-Encoding: chunked"));
+    cr_assert_not_null(http_header_invalid("Connection: close"));
+    cr_assert(http_is_token("utf-8"));
+    cr_assert_not(http_is_token("utf 8"));
+    cr_assert_not(http_is_token(""));
+
+    char buf[512];
+    struct http_response resp = {.status = 200, .now = 0, .extra = "X-A: b\r\n", .connection = -1};
+    int n = http_format_head(buf, sizeof(buf), &resp);
+    cr_assert_gt(n, 0);
+    buf[n] = '\0';
+    cr_assert_not_null(strstr(buf, "\r\nX-A: b\r\nConnection: close\r\n\r\n"), "%s", buf);
+}
+
+Test(http, accept_encoding_is_read_and_repeated_fields_join)
+{
+    struct http_reader *r = reader_new();
+    feed(r,
+         "GET / HTTP/1.1\r\nHost: h\r\nAccept-Encoding: gzip\r\naccept-encoding: br;q=0\r\n\r\n");
+    cr_assert(r->done);
+    cr_assert_eq(r->req.status, 0);
+    cr_assert_str_eq(r->req.accept_encoding, "gzip,br;q=0");
+    http_reader_start(r);
+    feed(r, "GET / HTTP/1.1\r\nHost: h\r\n\r\n");
+    cr_assert_null(r->req.accept_encoding);
+    http_reader_free(r);
+}
+
+Test(http, response_head_says_content_encoding_and_vary)
+{
+    char buf[1024];
+    struct http_response resp = {.status = 200,
+                                 .content_type = "text/css",
+                                 .content_encoding = "br",
+                                 .vary_encoding = true,
+                                 .now = 1};
+    cr_assert_gt(http_format_head(buf, sizeof(buf), &resp), 0);
+    cr_assert(strstr(buf, "\r\nContent-Type: text/css\r\nContent-Encoding: br\r\n"));
+    cr_assert(strstr(buf, "\r\nVary: Accept-Encoding\r\n"));
+    resp.content_encoding = NULL;
+    resp.vary_encoding = false;
+    cr_assert_gt(http_format_head(buf, sizeof(buf), &resp), 0);
+    cr_assert(!strstr(buf, "Content-Encoding") && !strstr(buf, "Vary"));
+}
