@@ -10,6 +10,7 @@
 #include <stdatomic.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -190,10 +191,30 @@ int ktla_ktls_error(int err, enum ktla_ktls_op op)
     return err > 0 ? -err : KTLA_EINVAL;
 }
 
+/* Until when (CLOCK_MONOTONIC_COARSE, ns) attaching is known to fail: a kernel without the TLS
+ * module refuses every socket the same way, and a failing setsockopt per connection was kernel
+ * time for nothing. Asked again every few seconds, so that a `modprobe tls` is noticed. */
+static _Atomic uint64_t ulp_absent_until;
+#define ULP_RETRY_NS (5ull * 1000000000ull)
+
+static uint64_t coarse_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
 int ktla_ktls_attach(int fd)
 {
-    if (ktla_sys.setsockopt(fd, SOL_TCP, TCP_ULP, "tls", sizeof("tls") - 1) < 0)
-        return ktla_ktls_error(errno, KTLA_OP_ATTACH);
+    uint64_t now = coarse_ns();
+    if (now < atomic_load_explicit(&ulp_absent_until, memory_order_relaxed))
+        return KTLA_ENOKTLS;
+    if (ktla_sys.setsockopt(fd, SOL_TCP, TCP_ULP, "tls", sizeof("tls") - 1) < 0) {
+        int ret = ktla_ktls_error(errno, KTLA_OP_ATTACH);
+        if (ret == KTLA_ENOKTLS)
+            atomic_store_explicit(&ulp_absent_until, now + ULP_RETRY_NS, memory_order_relaxed);
+        return ret;
+    }
     return 0;
 }
 

@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "worker.h"
@@ -776,6 +777,20 @@ static void wind_down(struct worker *w)
 
 void worker_run(struct worker *w)
 {
+    if (w->ring_disabled) {
+        /* liburing 2.3 declares io_uring_enable_rings but does not export it: the register
+         * call itself. */
+        int ret = (int)syscall(__NR_io_uring_register, w->ring.ring_fd,
+                               IORING_REGISTER_ENABLE_RINGS, NULL, 0);
+        if (ret < 0)
+            ret = -errno;
+        if (ret < 0) {
+            fprintf(stderr, "ktla-serve: worker %d: io_uring: %s\n", w->index, ktla_strerror(ret));
+            w->failed = true;
+            atomic_store(w->stop, 2);
+        }
+        w->ring_disabled = false;
+    }
     for (;;) {
         int ret = io_uring_submit_and_wait(&w->ring, 1);
         if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
@@ -806,8 +821,20 @@ static void *worker_main(void *arg)
 
 int worker_init(struct worker *w)
 {
-    struct io_uring_params p = {.flags = IORING_SETUP_CQSIZE, .cq_entries = 8192};
+    /* One thread submits and reaps (SINGLE_ISSUER), so the kernel may run completion work
+     * only when the worker asks for completions (DEFER_TASKRUN, Linux 6.1+) instead of
+     * interrupting it whenever an operation finishes. The ring is created here but used by the
+     * worker's thread: created disabled, enabled by that thread (worker_run), which makes it the
+     * ring's one submitter. Older kernels refuse the flags: a plain ring then. */
+    struct io_uring_params p = {.flags = IORING_SETUP_CQSIZE | IORING_SETUP_SINGLE_ISSUER |
+                                         IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_R_DISABLED,
+                                .cq_entries = 8192};
     int ret = io_uring_queue_init_params(512, &w->ring, &p);
+    w->ring_disabled = ret == 0;
+    if (ret == -EINVAL) {
+        p = (struct io_uring_params){.flags = IORING_SETUP_CQSIZE, .cq_entries = 8192};
+        ret = io_uring_queue_init_params(512, &w->ring, &p);
+    }
     if (ret < 0) {
         fprintf(stderr, "ktla-serve: io_uring_queue_init: %s\n", ktla_strerror(ret));
         return ret;

@@ -45,6 +45,7 @@ struct worker {
     unsigned nconns;
     bool draining;
     bool winding; /* after the last connection: nothing of ours is re-armed */
+    bool ring_disabled; /* created disabled: worker_run enables it on the worker's thread */
     uint64_t drain_deadline_ns;
     /* This worker's own submissions on the shared ring: user_data is the address of one of
      * these (even, so bit 0 stays clear for ktla_dispatch). */
