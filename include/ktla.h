@@ -309,6 +309,17 @@ KTLA_API int ktla_acceptor_new(const struct ktla_acceptor_config *cfg,
                                struct ktla_acceptor **out);
 
 /*
+ * Bytes to send, unencrypted, to a client that sent a plain-text request line (an uppercase
+ * word and a space, as in "GET / HTTP/1.1") where a TLS ClientHello was expected, before its
+ * connection closes (it still fails with KTLA_ENOTTLS). An HTTP server sets a short 400 response
+ * saying to use https://, as nginx does; anything else that is not TLS still gets nothing. The
+ * bytes are copied; len 0 turns it off (the default). Call it before the acceptor's ring runs,
+ * or from its thread. 0, KTLA_EINVAL (NULL with len, or len over 4096), -ENOMEM.
+ */
+KTLA_API int ktla_acceptor_set_plain_reply(struct ktla_acceptor *acc, const void *reply,
+                                           size_t len);
+
+/*
  * With an own ring: submits what is queued, waits up to timeout_ms (-1: forever) for completions
  * and handles them, calling the callbacks. Returns the number of completions handled, or -errno.
  */

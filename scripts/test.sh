@@ -112,6 +112,11 @@ tests/serve/halfclose.sh build/asan "$host_mode" >build/results/halfclose-host.t
 grep -E '^not ok' -A8 build/results/halfclose-host.tap | head -40 || true
 tally halfclose-host build/results/halfclose-host.tap lenient
 
+echo "== ktla-serve stopped and replaced: listeners closed at the drain, --takeover without a failed request"
+tests/serve/restart.sh build/asan "$host_mode" >build/results/restart-host.tap 2>&1 || true
+grep -E '^not ok' -A8 build/results/restart-host.tap | head -40 || true
+tally restart-host build/results/restart-host.tap lenient
+
 echo "== ktla-serve against hostile clients, a good client downloading throughout"
 tests/serve/hostile.sh build/asan "$host_mode" >build/results/hostile-host.tap 2>&1 || true
 grep -E '^not ok' -A8 build/results/hostile-host.tap | head -40 || true

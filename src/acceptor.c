@@ -106,6 +106,33 @@ static void hs_leave(struct ktla_conn *c)
     arm_accept(acc);
 }
 
+/* A plain-text request line: an uppercase word and a space, the way HTTP (and most text
+ * protocols a TLS port receives by mistake) begins. */
+static bool plain_request(const uint8_t *p, size_t n)
+{
+    size_t i = 0;
+    while (i < n && i < 16 && p[i] >= 'A' && p[i] <= 'Z')
+        i++;
+    return i >= 3 && i < n && p[i] == ' ';
+}
+
+/*
+ * The application's answer to a client that spoke plain text to a TLS port, sent unencrypted
+ * before the connection closes (nginx's "plain HTTP request was sent to HTTPS port"). Its
+ * request is read and dropped first, as far as it is there: closing over unread bytes would
+ * reset the connection, and the client would see the reset instead of the answer.
+ */
+static void plain_reply(struct ktla_acceptor *acc, struct ktla_conn *c)
+{
+    if (!acc->plain_reply || !c->hs || !plain_request(c->hs->in, c->hs->in_len))
+        return;
+    uint8_t drop[4096];
+    for (int i = 0; i < 16 && recv(c->fd, drop, sizeof(drop), MSG_DONTWAIT) > 0; i++)
+        ;
+    (void)!send(c->fd, acc->plain_reply, acc->plain_reply_len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    shutdown(c->fd, SHUT_WR);
+}
+
 static void hs_fail(struct ktla_conn *c, int code)
 {
     struct ktla_acceptor *acc = c->acc;
@@ -120,6 +147,8 @@ static void hs_fail(struct ktla_conn *c, int code)
     if (code == KTLA_ETIMEDOUT)
         acc->stats.timeouts++;
     hs_leave(c);
+    if (code == KTLA_ENOTTLS)
+        plain_reply(acc, c);
     if (acc->cfg.on_fail)
         acc->cfg.on_fail(c->info.peer, code, detail, acc->cfg.arg);
     /* Whatever is still in flight (a receive, the alert being sent) completes promptly once the
@@ -631,7 +660,23 @@ static void maybe_free_acceptor(struct ktla_acceptor *acc)
         return;
     /* The application's ring: the last completion frees us. */
     ktla_ctx_free(acc->cfg.ctx);
+    free(acc->plain_reply);
     free(acc);
+}
+
+int ktla_acceptor_set_plain_reply(struct ktla_acceptor *acc, const void *reply, size_t len)
+{
+    if (!acc || (len && !reply) || len > 4096)
+        return KTLA_EINVAL;
+    char *copy = NULL;
+    if (len && !(copy = malloc(len)))
+        return -ENOMEM;
+    if (len)
+        memcpy(copy, reply, len);
+    free(acc->plain_reply);
+    acc->plain_reply = copy;
+    acc->plain_reply_len = len;
+    return 0;
 }
 
 void ktla_acceptor_free(struct ktla_acceptor *acc)
@@ -671,6 +716,7 @@ void ktla_acceptor_free(struct ktla_acceptor *acc)
             break;
     io_uring_queue_exit(&acc->own_ring);
     ktla_ctx_free(acc->cfg.ctx);
+    free(acc->plain_reply);
     free(acc);
 }
 

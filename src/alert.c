@@ -16,8 +16,9 @@
  * - the kernel refuses a record whose legacy_record_version is not 0x0303 (EINVAL), which RFC
  *   8446 section 5.1 says to ignore; OpenSSL refuses it too (decode_error), and so does ktla in
  *   kernel mode, with the same alert.
- * - after EBADMSG the kernel keeps the error on the socket, and the first send fails with it
- *   (it consumes the error); ktla then sends the alert again, and that one goes out.
+ * - after EBADMSG the kernel keeps the error on the socket and refuses every send while it is
+ *   set; ktla reads SO_ERROR, which clears it, and the alert then goes out (conn.c,
+ *   kernel_alert).
  */
 #include "alert.h"
 

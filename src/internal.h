@@ -143,6 +143,8 @@ struct ktla_acceptor {
     struct ktla_conn *dl_head, *dl_tail;
     struct ktla_acceptor_stats stats;
     unsigned inflight; /* acceptor-level ops in flight */
+    char *plain_reply; /* for a client that sent a plain-text request instead of TLS */
+    size_t plain_reply_len;
 };
 
 /* A submission queue entry, flushing the ring once if it is full; NULL only if that failed. */

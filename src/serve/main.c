@@ -73,6 +73,7 @@ struct options {
     uid_t uid;
     gid_t gid;
     bool allow_root;
+    bool takeover; /* share the port with a running server, which is to be stopped */
     const char *pid_file;
     const char *redirect; /* --redirect-http HOST:PORT, or NULL */
     struct listen_addr raddr;
@@ -130,9 +131,12 @@ static void usage(FILE *f, const char *argv0)
         "  --allow-root                keep root on a port below 1024 (not advised)\n"
         "  --pid-file FILE             write the process id to FILE, locked while running (a\n"
         "                              second server on it refuses to start); removed at exit\n"
+        "  --takeover                  start on a port a running ktla-serve listens on (SO_REUSEPORT),\n"
+        "                              to replace it: SIGTERM the old one once this one is up\n"
         "  -h, --help, --version\n\n"
-        "Signals: SIGTERM/SIGINT finish responses in flight, then exit 0; SIGHUP reloads the\n"
-        "certificate, the ticket keys and the access log without dropping connections.\n\n"
+        "Signals: SIGTERM/SIGINT close the listening sockets, finish responses in flight, then\n"
+        "exit 0; SIGHUP reloads the certificate, the ticket keys and the access log without\n"
+        "dropping connections.\n\n"
         "Under systemd: listening sockets passed by socket activation (LISTEN_FDS) replace\n"
         "--listen, and where NOTIFY_SOCKET is set it says READY=1, RELOADING=1 and STOPPING=1\n"
         "(Type=notify or Type=notify-reload).\n",
@@ -309,6 +313,7 @@ static int parse_options(int argc, char **argv, struct options *o)
         {"header", required_argument, NULL, 'R'},
         {"user", required_argument, NULL, 'u'},
         {"allow-root", no_argument, NULL, 'A'},
+        {"takeover", no_argument, NULL, 'T'},
         {"pid-file", required_argument, NULL, 'P'},
         {"redirect-http", required_argument, NULL, 'r'},
         {"help", no_argument, NULL, 'h'},
@@ -411,6 +416,9 @@ static int parse_options(int argc, char **argv, struct options *o)
             break;
         case 'A':
             o->allow_root = true;
+            break;
+        case 'T':
+            o->takeover = true;
             break;
         case 'P':
             o->pid_file = optarg;
@@ -769,6 +777,37 @@ static void print_url(const struct sockaddr_storage *ss, char *out, size_t cap)
              port);
 }
 
+/* The URL of the "try:" line: one a client on this machine can connect to. A wildcard address
+ * (0.0.0.0, [::]) is where the server listens, not where anyone connects: the loopback address of
+ * the family that the socket takes is named instead, 127.0.0.1 where the [::] socket also takes
+ * IPv4 (IPV6_V6ONLY off: --listen :PORT), [::1] where it takes IPv6 only. */
+static void print_try_url(const struct sockaddr_storage *ss, int fd, char *out, size_t cap)
+{
+    struct sockaddr_storage t = *ss;
+    if (t.ss_family == AF_INET) {
+        struct sockaddr_in *a4 = (struct sockaddr_in *)&t;
+        if (a4->sin_addr.s_addr == htonl(INADDR_ANY))
+            a4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    } else if (t.ss_family == AF_INET6) {
+        struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&t;
+        int v6only = 1;
+        socklen_t len = sizeof(v6only);
+        if (IN6_IS_ADDR_UNSPECIFIED(&a6->sin6_addr)) {
+            if (getsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &len) == 0 && !v6only) {
+                in_port_t port = a6->sin6_port;
+                struct sockaddr_in *a4 = (struct sockaddr_in *)&t;
+                memset(&t, 0, sizeof(t));
+                a4->sin_family = AF_INET;
+                a4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+                a4->sin_port = port;
+            } else {
+                a6->sin6_addr = in6addr_loopback;
+            }
+        }
+    }
+    print_url(&t, out, cap);
+}
+
 static int open_log(const char *path)
 {
     if (!strcmp(path, "-"))
@@ -1012,7 +1051,8 @@ int main(int argc, char **argv)
     cfg.max_conns = (o.max_connections + nworkers - 1) / nworkers;
 
     struct sockaddr_storage *ss = &o.addr.ss;
-    ret = !ninherited && sockaddr_port(ss) ? check_port_free(&o.addr) : 0;
+    /* --takeover: the port is meant to be in use, by the server this one replaces. */
+    ret = !ninherited && !o.takeover && sockaddr_port(ss) ? check_port_free(&o.addr) : 0;
     if (ret < 0) {
         fprintf(stderr, "ktla-serve: cannot listen on %s: %s\n", o.listen, strerror(-ret));
         goto err_log;
@@ -1131,8 +1171,11 @@ int main(int argc, char **argv)
     if (o.user)
         printf("  user:        %s (uid %u, gid %u): root dropped after binding and loading keys\n",
                o.user, (unsigned)o.uid, (unsigned)o.gid);
-    if (!o.ncert)
-        printf("  try:         curl --insecure %s\n", url);
+    if (!o.ncert) {
+        char try_url[NI_MAXHOST + 32];
+        print_try_url(ss, workers[0].listen_fd, try_url, sizeof(try_url));
+        printf("  try:         curl --insecure %s\n", try_url);
+    }
     fflush(stdout);
 
     /* Signals go to this thread only (sigwait below); the workers inherit the mask. */

@@ -624,6 +624,13 @@ static void begin_drain(struct worker *w)
         ktla_acceptor_free(w->acc);
         w->acc = NULL;
     }
+    /* The listening socket goes now, not at exit: clients then find the port closed (or a
+     * server that took it over: --takeover) instead of connecting to a server that will never
+     * accept them. A socket from systemd is a copy: systemd's own stays open for the next one. */
+    if (w->listen_fd >= 0) {
+        close(w->listen_fd);
+        w->listen_fd = -1;
+    }
     /* Idle keep-alive connections go now; the others once their response is out. */
     for (struct sconn *c = w->conns, *next; c; c = next) {
         next = c->next;
@@ -861,6 +868,14 @@ int worker_init(struct worker *w)
         fprintf(stderr, "ktla-serve: cannot start accepting: %s\n", ktla_strerror(ret));
         goto err_eventfd;
     }
+    /* A browser pointed at http:// on this port reads why instead of an empty reply (what
+     * nginx answers with its 400 "plain HTTP request was sent to HTTPS port"). */
+    static const char plain_400[] = "HTTP/1.1 400 Bad Request\r\n"
+                                    "Content-Type: text/plain; charset=utf-8\r\n"
+                                    "Content-Length: 57\r\n"
+                                    "Connection: close\r\n\r\n"
+                                    "This port speaks HTTPS: use an https:// URL to reach it.\n";
+    ktla_acceptor_set_plain_reply(w->acc, plain_400, sizeof(plain_400) - 1);
     w->tick_op.kind = OWN_TICK;
     w->wake_op.kind = OWN_WAKE;
     w->cancel_op.kind = OWN_CANCEL;

@@ -9,6 +9,8 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -657,5 +659,52 @@ Test(shutdown, a_silent_client_is_cut_after_the_linger_time)
                  ktla_err_name(ec->close_result));
     tc_close(&c, false);
     cr_assert_eq(tu_fd_count(), before);
+    echo_stop(s);
+}
+
+/* Everything the server sends until it ends the connection; false if it reset it. */
+static bool read_to_end(int fd, char *buf, size_t cap, size_t *len)
+{
+    *len = 0;
+    for (;;) {
+        ssize_t n = read(fd, buf + *len, cap - *len);
+        if (n == 0)
+            return true;
+        if (n < 0)
+            return false;
+        *len += (size_t)n;
+        cr_assert(*len < cap, "more than %zu bytes", cap);
+    }
+}
+
+/* A client that speaks plain HTTP to the TLS port gets the application's answer, then a clean
+ * end (not a reset); other bytes that are not TLS still get nothing. */
+Test(acceptor, plain_http_gets_the_plain_reply)
+{
+    static const char reply[] = "HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\nuse https\n";
+    struct echo_opts o = {.tickets = -1, .plain_reply = reply};
+    struct echo_server *s = echo_start(&o);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(echo_port(s)),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    char buf[512];
+    size_t len;
+    static const char *requests[] = {"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+                                     "POST /form HTTP/1.0\r\nContent-Length: 3\r\n\r\nabc"};
+    for (int i = 0; i < 2; i++) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+        cr_assert_eq(write(fd, requests[i], strlen(requests[i])), (ssize_t)strlen(requests[i]));
+        cr_assert(read_to_end(fd, buf, sizeof(buf), &len), "request %d: reset", i);
+        cr_assert(len == strlen(reply) && memcmp(buf, reply, len) == 0,
+                  "request %d: got %zu bytes: %.*s", i, len, (int)len, buf);
+        close(fd);
+    }
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    cr_assert_eq(write(fd, "\x01\x02garbage", 9), 9);
+    read_to_end(fd, buf, sizeof(buf), &len);
+    cr_assert_eq(len, 0, "garbage got %zu bytes", len);
+    close(fd);
+    cr_assert(echo_wait_failures(s, 3, 10000));
     echo_stop(s);
 }

@@ -402,9 +402,10 @@ def cmd_warmup():
 # ---- before the handshake
 
 
-def refused_at_once(desc, payloads, finish=None):
+def refused_at_once(desc, payloads, finish=None, answer=None):
     """Each payload on its own connection: the server must close it well before the handshake
-    deadline, sending nothing but TLS alerts."""
+    deadline, sending nothing but TLS alerts (or, with `answer`, a reply starting with those
+    bytes)."""
     limit = A.hs - 0.5 + A.slack
 
     def one(p):
@@ -421,13 +422,15 @@ def refused_at_once(desc, payloads, finish=None):
     errs = [r for r in res if isinstance(r, Exception)]
     times = [r[0] for r in res if not isinstance(r, Exception)]
     late = [t for t in times if t is None or t > limit]
-    wrong = [r[1] for r in res if not isinstance(r, Exception) and not only_alerts(r[1])]
+    ok_reply = (lambda b: b.startswith(answer)) if answer else only_alerts
+    wrong = [r[1] for r in res if not isinstance(r, Exception) and not ok_reply(r[1])]
     alerts = sum(1 for r in res if not isinstance(r, Exception) and r[1])
     slowest = max((t for t in times if t is not None), default=None)
     result(not errs and not late and not wrong,
            "%s: %d connections, each closed in at most %s (limit %.1f s, the deadline is %d s); "
-           "%d answered with an alert, none with anything else"
-           % (desc, len(payloads), fmt(slowest), limit, A.hs, alerts),
+           "%d answered with %s, none with anything else"
+           % (desc, len(payloads), fmt(slowest), limit, A.hs, alerts,
+              repr(answer) if answer else "an alert"),
            *([repr(e) for e in errs[:3]] + ["still open or late: %s" % late[:5]] * bool(late)
              + ["not an alert: %r" % w for w in wrong[:3]]))
 
@@ -452,7 +455,8 @@ def cmd_garbage():
 def cmd_plain_http():
     reqs = [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"GET /big.bin HTTP/1.0\r\n\r\n",
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"CONNECT x:443 HTTP/1.1\r\n\r\n"]
-    refused_at_once("plain HTTP to the TLS port", reqs * 4)
+    # Answered in plain text, as nginx does, so that a browser shows why (and closed cleanly).
+    refused_at_once("plain HTTP to the TLS port", reqs * 4, answer=b"HTTP/1.1 400 Bad Request\r\n")
 
 
 def cmd_sslv2():

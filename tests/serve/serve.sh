@@ -437,13 +437,27 @@ if unshare -rn true 2>/dev/null; then
     out=$(unshare -rn sh -c '
         ip link set lo up
         "$1" --listen :0 --workers 1 --ktls '"$policy"' "$2" >"$3/ds.out" 2>"$3/ds.err" & p=$!
-        i=0; until grep -qs "https://" "$3/ds.out" || [ $i -gt 1000 ]; do sleep 0.05; i=$((i + 1)); done
+        i=0; until grep -qs "try:" "$3/ds.out" || [ $i -gt 1000 ]; do sleep 0.05; i=$((i + 1)); done
         u=$(grep -o "https://[^ ]*" "$3/ds.out" | head -n 1); port=${u##*:}; port=${port%/}
         curl -sk -o /dev/null -w "%{http_code} " "https://127.0.0.1:$port/f1"
         curl -gsk -o /dev/null -w "%{http_code} " "https://[::1]:$port/f1"
+        # the URL of the "try:" line, as printed
+        t=$(sed -n "s/^  try: *curl --insecure //p" "$3/ds.out")
+        curl -gsk -o /dev/null -w "%{http_code} " "${t:-https://0.0.0.0:1/}f1"
+        kill $p; wait $p
+        "$1" --listen 0.0.0.0:0 --workers 1 --ktls '"$policy"' "$2" >"$3/any4.out" 2>"$3/any4.err" & p=$!
+        i=0; until grep -qs "try:" "$3/any4.out" || [ $i -gt 1000 ]; do sleep 0.05; i=$((i + 1)); done
+        t=$(sed -n "s/^  try: *curl --insecure //p" "$3/any4.out")
+        curl -gsk -o /dev/null -w "%{http_code} " "${t:-https://0.0.0.0:1/}f1"
         kill $p; wait $p' sh "$build/ktla-serve" "$root" "$work")
-    check "--listen :PORT: one server answers on 127.0.0.1 and on ::1 ($out), and says so" \
-        '[ "$out" = "200 200 " ] && grep -q "at https://\[::\]:[0-9]*/ (every IPv4 and IPv6 address)" "$work/ds.out"' "$(cat "$work/ds.out" "$work/ds.err")"
+    read -r code4 code6 code_try code_try4 <<<"$out"
+    check "--listen :PORT: one server answers on 127.0.0.1 and on ::1 ($code4 $code6), and says so" \
+        '[ "$code4 $code6" = "200 200" ] && grep -q "at https://\[::\]:[0-9]*/ (every IPv4 and IPv6 address)" "$work/ds.out"' "$(cat "$work/ds.out" "$work/ds.err")"
+    # The "try:" line names a loopback address that answers, not the wildcard listened on.
+    try_re='^  try: *curl --insecure https://127\.0\.0\.1:[0-9]*/$'
+    check "--listen :PORT and 0.0.0.0:PORT: the try: URL names 127.0.0.1, and it answers ($code_try $code_try4)" \
+        '[ "$code_try $code_try4" = "200 200" ] && grep -q "$try_re" "$work/ds.out" && grep -q "$try_re" "$work/any4.out"' \
+        "$(cat "$work/ds.out" "$work/ds.err" "$work/any4.out" "$work/any4.err")"
 else
     ok "--listen :PORT dual-stack # no network namespace here (unshare -rn), not run"
 fi

@@ -294,6 +294,9 @@ struct echo_server *echo_start(const struct echo_opts *o)
     };
     ret = ktla_acceptor_new(&ac, &s->acc);
     cr_assert_eq(ret, 0, "ktla_acceptor_new: %s", ktla_strerror(ret));
+    if (o->plain_reply)
+        cr_assert_eq(ktla_acceptor_set_plain_reply(s->acc, o->plain_reply, strlen(o->plain_reply)),
+                     0);
     cr_assert_eq(pthread_create(&s->thread, NULL, server_main, s), 0);
     return s;
 }

@@ -29,6 +29,7 @@ struct echo_opts {
     /* After answering a FILE request: 0 reads on; ECHO_END_SHUTDOWN ends the connection with
      * ktla_conn_shutdown (linger 5 s), ECHO_END_CLOSE with ktla_conn_close, without reading. */
     int file_end;
+    const char *plain_reply; /* ktla_acceptor_set_plain_reply, when not NULL */
 };
 
 enum { ECHO_END_SHUTDOWN = 1, ECHO_END_CLOSE = 2 };
