@@ -255,6 +255,9 @@ struct ktla_conn_info {
     uint32_t key_updates_rx;  /* TLS 1.3 KeyUpdates followed in kernel mode: the peer's, */
     uint32_t key_updates_tx;  /* and ours (sent because the peer asked) */
     char peer[64];            /* "ADDR:PORT" of the client */
+    uint64_t cold_sends;      /* kernel mode: file ranges ktla_conn_sendfile found outside the
+                                 page cache and sent through io_uring splice, whose reads do
+                                 not block the ring's thread, instead of sendfile(2) */
     uint64_t bytes_sent;      /* application bytes sent so far: taken by the socket (kernel
                                  mode), or encrypted and their ciphertext taken (userspace).
                                  It moves while one long send or sendfile is under way, so an

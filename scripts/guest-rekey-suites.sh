@@ -9,7 +9,7 @@ export KTLA_REQUIRE_KTLS=1
 status=0
 uname -r
 "$build/tests/ktla-kernel-tests" --tap="$out/kernel.tap" -j2 || status=1
-"$build/tests/ktla-acceptor-tests" --tap="$out/acceptor.tap" -j2 || status=1
+KTLA_COLD_DIR="$out" "$build/tests/ktla-acceptor-tests" --tap="$out/acceptor.tap" -j2 || status=1
 "$build/tests/ktla-conformance-tests" --tap="$out/conformance.tap" -j2 || status=1
 tests/serve/serve.sh "$build" kernel >"$out/serve.tap" 2>&1 || status=1
 grep Rekey /proc/net/tls_stat

@@ -7,7 +7,7 @@ out=$2
 export KTLA_REQUIRE_KTLS=1
 status=0
 "$build/tests/ktla-kernel-tests" --tap="$out/kernel.tap" -j2 || status=1
-"$build/tests/ktla-acceptor-tests" --tap="$out/acceptor.tap" -j2 || status=1
+KTLA_COLD_DIR="$out" "$build/tests/ktla-acceptor-tests" --tap="$out/acceptor.tap" -j2 || status=1
 "$build/tests/ktla-conformance-tests" --tap="$out/conformance.tap" -j2 || status=1
 tests/interop/interop.sh "$build" kernel >"$out/interop.tap" 2>&1 || status=1
 tests/serve/serve.sh "$build" kernel >"$out/serve.tap" 2>&1 || status=1

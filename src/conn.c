@@ -7,10 +7,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <openssl/err.h>
@@ -557,7 +560,54 @@ static bool submit_pollout(struct ktla_conn *c)
     return submit(c, sqe, &c->wop, KTLA_OP_POLLOUT);
 }
 
-/* Kernel mode: sendfile(2) into the TLS socket until it is full, then wait for room. */
+static struct ktla_splice *splice_pipe(struct ktla_conn *c);
+static void splice_step(struct ktla_conn *c);
+
+#ifndef __NR_cachestat
+#define __NR_cachestat 451 /* Linux 6.5 */
+#endif
+static atomic_bool no_cachestat;
+
+/*
+ * Whether the file's bytes [off, off + len) are all in the page cache. sendfile(2) reads what
+ * is not synchronously, on the ring's thread, even on a non-blocking socket: one file on a slow
+ * disk would stall every connection and handshake of that thread. cachestat(2) says it in one
+ * call (Linux 6.5+); before it, mincore(2) over a mapping of the range (mapping reads nothing).
+ * When the answer is unknown, the range counts as cached: sendfile as before.
+ */
+static bool range_cached(int fd, uint64_t off, size_t len)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    uint64_t start = off & ~(uint64_t)(page - 1);
+    size_t span = (size_t)(off + len - start), pages = (span + (size_t)page - 1) / (size_t)page;
+
+    if (!atomic_load_explicit(&no_cachestat, memory_order_relaxed)) {
+        struct {
+            uint64_t off, len;
+        } range = {start, span};
+        struct {
+            uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted;
+        } cs;
+        if (syscall(__NR_cachestat, fd, &range, &cs, 0) == 0)
+            return cs.nr_cache >= pages;
+        if (errno != ENOSYS)
+            return true;
+        atomic_store_explicit(&no_cachestat, true, memory_order_relaxed);
+    }
+    void *m = mmap(NULL, span, PROT_READ, MAP_SHARED, fd, (off_t)start);
+    if (m == MAP_FAILED)
+        return true;
+    unsigned char vec[SENDFILE_SLICE / 4096 + 2];
+    bool cached = pages <= sizeof(vec) && mincore(m, span, vec) == 0;
+    for (size_t i = 0; cached && i < pages; i++)
+        cached = vec[i] & 1;
+    munmap(m, span);
+    return cached || pages > sizeof(vec);
+}
+
+/* Kernel mode: sendfile(2) into the TLS socket until it is full, then wait for room. A range
+ * not in the page cache goes through the splice path instead, whose file reads run on the
+ * kernel's io-wq threads: a cold file then costs that connection time, not its worker. */
 static void kernel_sendfile_step(struct ktla_conn *c)
 {
     size_t slice = 0;
@@ -565,7 +615,13 @@ static void kernel_sendfile_step(struct ktla_conn *c)
     while (c->sdone < c->slen) {
         off_t off = (off_t)(c->file_off + c->sdone);
         size_t left = c->slen - c->sdone;
-        ssize_t n = sendfile(c->fd, c->file_fd, &off, left);
+        size_t next = left < SENDFILE_SLICE ? left : SENDFILE_SLICE;
+        if (!range_cached(c->file_fd, (uint64_t)off, next) && splice_pipe(c)) {
+            c->via_pipe = true;
+            c->info.cold_sends++;
+            return splice_step(c);
+        }
+        ssize_t n = sendfile(c->fd, c->file_fd, &off, next);
         if (n > 0) {
             sent(c, (size_t)n);
             slice += (size_t)n;
@@ -688,7 +744,7 @@ static void on_splice(struct ktla_conn *c, enum ktla_op_kind kind, int res)
 /* Kernel mode: starts (or resumes) the send described by sbuf/file_fd, slen and sdone. */
 static bool kernel_send_start(struct ktla_conn *c)
 {
-    if (c->file_fd >= 0 && c->sp) {
+    if (c->file_fd >= 0 && c->via_pipe) {
         splice_step(c);
         return true;
     }
@@ -885,12 +941,11 @@ int ktla_conn_sendfile(struct ktla_conn *c, int file_fd, uint64_t offset, size_t
     bool ok;
     if (c->info.tx_mode == KTLA_MODE_KERNEL) {
         /* (without a pipe, splice falls back to sendfile(2), which does the same work) */
-        if (c->use_splice)
-            splice_pipe(c);
+        c->via_pipe = c->use_splice && splice_pipe(c);
         if (c->rk && c->rk->tx_wait) {
             c->rk->send_queued = true; /* behind our KeyUpdate */
             ok = true;
-        } else if (c->sp) {
+        } else if (c->via_pipe) {
             c->sbusy = true; /* before the step: it may end the send at once on a full ring */
             splice_step(c);
             return 0;
@@ -1179,7 +1234,7 @@ void ktla_conn_complete(struct ktla_op *op, struct io_uring_cqe *cqe)
     case KTLA_OP_POLLOUT:
         if (cqe->res < 0)
             send_done(c, cqe->res);
-        else if (c->sp) /* a connection with a pipe sends every file through it */
+        else if (c->via_pipe) /* this file goes through the pipe */
             splice_step(c);
         else
             kernel_sendfile_step(c);

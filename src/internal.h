@@ -105,6 +105,7 @@ struct ktla_conn {
     int file_fd;           /* >= 0: a sendfile in progress */
     uint64_t file_off;
     bool use_splice;       /* kernel mode: files through io_uring splice, not sendfile(2) */
+    bool via_pipe;         /* ...the file being sent goes through the pipe (or a cold range) */
     struct ktla_splice *sp;
     struct ktla_rekey *rk; /* NULL: a KeyUpdate ends the connection (KTLA_ENOREKEY) */
     ktla_io_cb scb;

@@ -7,6 +7,7 @@
 #include <criterion/criterion.h>
 #include <criterion/parameterized.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <arpa/inet.h>
@@ -706,5 +707,52 @@ Test(acceptor, plain_http_gets_the_plain_reply)
     cr_assert_eq(len, 0, "garbage got %zu bytes", len);
     close(fd);
     cr_assert(echo_wait_failures(s, 3, 10000));
+    echo_stop(s);
+}
+
+/*
+ * A file outside the page cache: in kernel mode ktla_conn_sendfile sends its ranges through the
+ * io_uring splice path (the disk reads then block an io-wq thread, not the ring's) instead of
+ * sendfile(2), and the file arrives whole. KTLA_COLD_DIR names a directory whose files are never
+ * cached (the guest's writable 9p share, mounted without a cache: scripts/guest-suites.sh);
+ * elsewhere the file's pages are dropped with POSIX_FADV_DONTNEED, which a tmpfs ignores. In the
+ * guest, kernel mode and a cold directory are certain, and the cold path must have been taken.
+ */
+Test(acceptor, a_file_outside_the_page_cache_arrives_whole)
+{
+    const char *dir = getenv("KTLA_COLD_DIR");
+    char name[512];
+    size_t len = (3 << 20) + 5;
+    uint8_t *data = malloc(len), *in = malloc(len);
+    cr_assert(data && in);
+    snprintf(name, sizeof(name), "%s/ktla-cold-XXXXXX", dir ? dir : "/tmp");
+    int fd = mkstemp(name);
+    cr_assert(fd >= 0, "mkstemp in %s: %s", name, strerror(errno));
+    tu_pattern(data, len, 42);
+    cr_assert_eq(write(fd, data, len), (ssize_t)len);
+    fdatasync(fd);
+    posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    close(fd);
+    struct echo_opts o = {.tickets = -1, .file = name};
+    struct echo_server *s = echo_start(&o);
+    unlink(name);
+    struct tc c;
+    struct tc_opts co = {.version = KTLA_TLS1_3, .cipher = KTLA_CIPHER_AES_128_GCM};
+    struct echo_conn conns[4];
+
+    cr_assert_eq(tc_connect(&c, echo_port(s), &co, NULL, 0), 0);
+    cr_assert_eq(tc_write(&c, "FILE", 4), 0);
+    cr_assert_eq(tc_read_full(&c, in, len), 0);
+    cr_assert(memcmp(in, data, len) == 0, "the file arrived different");
+    tc_close(&c, true);
+    cr_assert(echo_wait_ended(s, 1, 10000));
+    struct echo_conn *ec = last_conn(s, conns, 4);
+    check_modes(ec, expected_reason());
+    if (ec->info.tx_mode == KTLA_MODE_KERNEL && dir)
+        cr_assert(ec->cold_sends > 0, "a file in %s went out with sendfile(2) alone", dir);
+    if (ec->info.tx_mode != KTLA_MODE_KERNEL)
+        cr_assert_eq(ec->cold_sends, 0);
+    free(data);
+    free(in);
     echo_stop(s);
 }

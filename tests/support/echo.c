@@ -103,6 +103,7 @@ static void echo_end(struct ktla_conn *conn, struct echo_state *st, ssize_t resu
     s->conns[st->idx].key_updates_rx = ktla_conn_get_info(conn)->key_updates_rx;
     s->conns[st->idx].key_updates_tx = ktla_conn_get_info(conn)->key_updates_tx;
     s->conns[st->idx].bytes_sent = ktla_conn_get_info(conn)->bytes_sent;
+    s->conns[st->idx].cold_sends = ktla_conn_get_info(conn)->cold_sends;
     s->conns[st->idx].ended = true;
     s->nended++;
     pthread_mutex_unlock(&s->lock);
@@ -120,6 +121,7 @@ static void on_shut(struct ktla_conn *conn, int result, void *arg)
     s->live[st->idx] = NULL;
     s->conns[st->idx].last_result = 0;
     s->conns[st->idx].bytes_sent = ktla_conn_get_info(conn)->bytes_sent;
+    s->conns[st->idx].cold_sends = ktla_conn_get_info(conn)->cold_sends;
     s->conns[st->idx].shut = true;
     s->conns[st->idx].close_result = result;
     s->conns[st->idx].ended = true;

@@ -43,6 +43,7 @@ struct echo_conn {
     ssize_t last_result;           /* how the connection ended, from the server's side */
     uint32_t key_updates_rx, key_updates_tx; /* KeyUpdates followed in kernel mode, at the end */
     uint64_t bytes_sent;                     /* info.bytes_sent at the end */
+    uint64_t cold_sends;                     /* info.cold_sends at the end */
     bool ended;
     bool shut;        /* ended with ktla_conn_shutdown: close_result is its callback's result */
     int close_result;
