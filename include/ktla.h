@@ -436,6 +436,19 @@ typedef void (*ktla_close_cb)(struct ktla_conn *conn, int result, void *arg);
 KTLA_API int ktla_conn_shutdown(struct ktla_conn *conn, unsigned linger_ms, ktla_close_cb cb,
                                 void *arg);
 
+/* The longest head ktla_conn_sendfile_head takes. */
+#define KTLA_SENDFILE_HEAD_MAX 16384
+
+/* ktla_conn_sendfile with `head` (head_len bytes, valid until the callback) sent first, in the
+ * same stream: in kernel mode with MSG_MORE, so that the kernel puts the head and the file's first
+ * bytes in one record; in userspace mode encrypted together. A small response (an HTTP head and
+ * a body of a few KiB) is then one record, one encryption and one write instead of two. The
+ * callback gets head_len + count, or an error. 0, KTLA_EINVAL (head_len 0 or over
+ * KTLA_SENDFILE_HEAD_MAX, count 0), KTLA_EBUSY, KTLA_ECLOSED, -ENOMEM, -EBUSY. */
+KTLA_API int ktla_conn_sendfile_head(struct ktla_conn *conn, const void *head, size_t head_len,
+                                     int file_fd, uint64_t offset, size_t count, ktla_io_cb cb,
+                                     void *arg);
+
 /* Sends close_notify, closes the socket and frees the connection once nothing of it is in
  * flight: an abortive close, for errors and clients that stopped reading. Unread input makes
  * the kernel reset the connection; ktla_conn_shutdown is the graceful end. No callback of this connection runs after this call, and (on Linux 6.0 and later,

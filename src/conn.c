@@ -528,6 +528,9 @@ static void send_done(struct ktla_conn *c, ssize_t result)
     ktla_io_cb cb = c->scb;
     c->sbusy = false;
     c->file_fd = -1;
+    if (result >= 0)
+        result += (ssize_t)c->result_extra;
+    c->result_extra = c->head_len = c->head_off = c->us_head = 0;
     if (result < 0 && c->sp && c->sp->fill) {
         /* Bytes of a failed file are still in the pipe: the next file must not follow them. */
         close(c->sp->r);
@@ -542,13 +545,18 @@ static void send_done(struct ktla_conn *c, ssize_t result)
         cb(c, result, c->sarg);
 }
 
-static bool submit_send(struct ktla_conn *c, const void *buf, size_t len)
+static bool submit_send_flags(struct ktla_conn *c, const void *buf, size_t len, int flags)
 {
     struct io_uring_sqe *sqe = ktla_ring_sqe(c->ring);
     if (!sqe)
         return false;
-    io_uring_prep_send(sqe, c->fd, buf, len, MSG_NOSIGNAL);
+    io_uring_prep_send(sqe, c->fd, buf, len, MSG_NOSIGNAL | flags);
     return submit(c, sqe, &c->wop, KTLA_OP_SEND);
+}
+
+static bool submit_send(struct ktla_conn *c, const void *buf, size_t len)
+{
+    return submit_send_flags(c, buf, len, 0);
 }
 
 static bool submit_pollout(struct ktla_conn *c)
@@ -744,6 +752,8 @@ static void on_splice(struct ktla_conn *c, enum ktla_op_kind kind, int res)
 /* Kernel mode: starts (or resumes) the send described by sbuf/file_fd, slen and sdone. */
 static bool kernel_send_start(struct ktla_conn *c)
 {
+    if (c->head_off < c->head_len)
+        return submit_send_flags(c, c->head + c->head_off, c->head_len - c->head_off, MSG_MORE);
     if (c->file_fd >= 0 && c->via_pipe) {
         splice_step(c);
         return true;
@@ -860,9 +870,13 @@ static void on_file_read(struct ktla_conn *c, int res)
 {
     if (res <= 0)
         return send_done(c, res == 0 ? -ENODATA : res);
-    int ret = us_encrypt(c, c->chunk, (size_t)res);
+    /* The first piece after a head (ktla_conn_sendfile_head) is encrypted with it: one record
+     * for a small response instead of two. */
+    int ret = us_encrypt(c, c->chunk, c->us_head + (size_t)res);
     if (ret < 0)
         return send_done(c, ret);
+    c->enc_plain += c->us_head;
+    c->us_head = 0;
     encrypted(c, (size_t)res);
     us_send_step(c);
 }
@@ -874,6 +888,18 @@ static void on_send(struct ktla_conn *c, int res)
     if (c->info.tx_mode == KTLA_MODE_USERSPACE) {
         c->enc_off += (size_t)res;
         return us_send_step(c);
+    }
+    if (c->head_off < c->head_len) { /* the head of ktla_conn_sendfile_head */
+        c->head_off += (size_t)res;
+        c->info.bytes_sent += (size_t)res;
+        if (c->head_off < c->head_len) {
+            if (!kernel_send_start(c))
+                send_done(c, -EBUSY);
+            return;
+        }
+        /* Then the file, into the record the head opened: from here, in a completion, the
+         * callback may run at once. */
+        return c->via_pipe ? splice_step(c) : kernel_sendfile_step(c);
     }
     sent(c, (size_t)res);
     if (c->sdone < c->slen) {
@@ -894,6 +920,7 @@ static int start_send(struct ktla_conn *c, ktla_io_cb cb, void *arg)
     c->sarg = arg;
     c->sdone = 0;
     c->enc_plain = 0;
+    c->result_extra = c->head_len = c->head_off = c->us_head = 0;
     return 0;
 }
 
@@ -965,6 +992,55 @@ int ktla_conn_sendfile(struct ktla_conn *c, int file_fd, uint64_t offset, size_t
     }
     if (!ok) {
         c->file_fd = -1;
+        return -EBUSY;
+    }
+    c->sbusy = true;
+    return 0;
+}
+
+int ktla_conn_sendfile_head(struct ktla_conn *c, const void *head, size_t head_len, int file_fd,
+                            uint64_t offset, size_t count, ktla_io_cb cb, void *arg)
+{
+    if (!c || !head || !head_len || head_len > KTLA_SENDFILE_HEAD_MAX || file_fd < 0 || !count ||
+        !cb)
+        return KTLA_EINVAL;
+    int ret = start_send(c, cb, arg);
+    if (ret < 0)
+        return ret;
+    c->sbuf = NULL;
+    c->slen = count;
+    c->file_fd = file_fd;
+    c->file_off = offset;
+    c->result_extra = head_len;
+    bool ok;
+    if (c->info.tx_mode == KTLA_MODE_KERNEL) {
+        /* MSG_MORE keeps the record open: the kernel fills it with the file's first bytes. */
+        c->head = head;
+        c->head_len = head_len;
+        c->via_pipe = c->use_splice && splice_pipe(c);
+        if (c->rk && c->rk->tx_wait) {
+            c->rk->send_queued = true; /* behind our KeyUpdate */
+            ok = true;
+        } else {
+            ok = submit_send_flags(c, head, head_len, MSG_MORE);
+        }
+    } else {
+        if (!c->chunk && !(c->chunk = malloc(US_CHUNK)))
+            return -ENOMEM;
+        memcpy(c->chunk, head, head_len);
+        c->us_head = head_len;
+        size_t n = US_CHUNK - head_len;
+        struct io_uring_sqe *sqe = ktla_ring_sqe(c->ring);
+        ok = sqe != NULL;
+        if (ok) {
+            io_uring_prep_read(sqe, file_fd, c->chunk + head_len, (unsigned)(count < n ? count : n),
+                               offset);
+            submit(c, sqe, &c->wop, KTLA_OP_FILE_READ);
+        }
+    }
+    if (!ok) {
+        c->file_fd = -1;
+        c->result_extra = c->head_len = c->us_head = 0;
         return -EBUSY;
     }
     c->sbusy = true;

@@ -102,6 +102,10 @@ struct ktla_conn {
 
     const uint8_t *sbuf;   /* the application's send in progress */
     size_t slen, sdone;
+    const uint8_t *head;   /* ktla_conn_sendfile_head, kernel mode: the head, sent first with */
+    size_t head_len, head_off; /* MSG_MORE so that it shares its record with the file */
+    size_t us_head;        /* ...userspace mode: head bytes at the start of chunk, not yet sent */
+    size_t result_extra;   /* the head's length, added to the send's result */
     int file_fd;           /* >= 0: a sendfile in progress */
     uint64_t file_off;
     bool use_splice;       /* kernel mode: files through io_uring splice, not sendfile(2) */

@@ -756,3 +756,68 @@ Test(acceptor, a_file_outside_the_page_cache_arrives_whole)
     free(in);
     echo_stop(s);
 }
+
+/* Records of application data the client received, counted from their headers. */
+static void count_records(int write_p, int version, int content_type, const void *buf, size_t len,
+                          SSL *ssl, void *arg)
+{
+    (void)version;
+    (void)ssl;
+    if (!write_p && content_type == SSL3_RT_HEADER && len >= 5 &&
+        ((const uint8_t *)buf)[0] == SSL3_RT_APPLICATION_DATA)
+        (*(int *)arg)++;
+}
+
+/*
+ * ktla_conn_sendfile_head: a head and a small file arrive as one record (kernel mode: the head
+ * sent with MSG_MORE, the file spliced into the same record; userspace: encrypted together), and
+ * a large one whole, the callback counting the head too. Without the head in the same record,
+ * a small response costs two encryptions and two writes.
+ */
+ParameterizedTestParameters(acceptor, sendfile_head_shares_the_first_record)
+{
+    return cr_make_param_array(struct tu_variant, (void *)tu_variants, 6);
+}
+
+ParameterizedTest(struct tu_variant *v, acceptor, sendfile_head_shares_the_first_record)
+{
+    static const char head[] = "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n";
+    for (int big = 0; big < 2; big++) {
+        size_t len = big ? (1 << 20) + 7 : 1000, hl = strlen(head);
+        uint8_t *data = malloc(len), *in = malloc(hl + len);
+        cr_assert(data && in);
+        char name[] = "/tmp/ktla-accept-head-XXXXXX";
+        int fd = mkstemp(name);
+        cr_assert(fd >= 0);
+        tu_pattern(data, len, 17);
+        cr_assert_eq(write(fd, data, len), (ssize_t)len);
+        close(fd);
+        /* No TLS 1.3 tickets: they too arrive as application-data records. */
+        struct echo_opts o = {.tickets = 0, .file = name, .file_head = head};
+        struct echo_server *s = echo_start(&o);
+        unlink(name);
+        struct tc c;
+        struct tc_opts co = {.version = v->version, .cipher = (int)v->cipher};
+        struct echo_conn conns[4];
+        int records = 0;
+
+        cr_assert_eq(tc_connect(&c, echo_port(s), &co, NULL, 0), 0);
+        SSL_set_msg_callback(c.ssl, count_records);
+        SSL_set_msg_callback_arg(c.ssl, &records);
+        cr_assert_eq(tc_write(&c, "FILE", 4), 0);
+        cr_assert_eq(tc_read_full(&c, in, hl + len), 0);
+        cr_assert(memcmp(in, head, hl) == 0 && memcmp(in + hl, data, len) == 0,
+                  "%s: the head and file arrived different", tu_variant_name(v));
+        if (!big)
+            cr_assert_eq(records, 1, "%s: %d records for a head and 1000 bytes",
+                         tu_variant_name(v), records);
+        tc_close(&c, true);
+        cr_assert(echo_wait_ended(s, 1, 10000));
+        struct echo_conn *ec = last_conn(s, conns, 4);
+        check_modes(ec, expected_reason());
+        cr_assert_eq(ec->bytes_sent, (uint64_t)(hl + len));
+        free(data);
+        free(in);
+        echo_stop(s);
+    }
+}

@@ -185,9 +185,14 @@ static void on_recv(struct ktla_conn *conn, ssize_t n, void *arg)
     if (st->srv->file_fd >= 0 && n >= 4 && memcmp(st->buf, "FILE", 4) == 0) {
         struct stat sb;
         fstat(st->srv->file_fd, &sb);
-        ret = ktla_conn_sendfile(conn, st->srv->file_fd, 0,
-                                 (size_t)sb.st_size + st->srv->file_extra,
-                                 st->srv->opts.file_end ? on_file_sent : on_sent, st);
+        ktla_io_cb done = st->srv->opts.file_end ? on_file_sent : on_sent;
+        size_t count = (size_t)sb.st_size + st->srv->file_extra;
+        const char *head = st->srv->opts.file_head;
+        if (head)
+            ret = ktla_conn_sendfile_head(conn, head, strlen(head), st->srv->file_fd, 0, count,
+                                          done, st);
+        else
+            ret = ktla_conn_sendfile(conn, st->srv->file_fd, 0, count, done, st);
     } else {
         ret = ktla_conn_send(conn, st->buf, (size_t)n, on_sent, st);
     }

@@ -30,6 +30,7 @@ struct echo_opts {
      * ktla_conn_shutdown (linger 5 s), ECHO_END_CLOSE with ktla_conn_close, without reading. */
     int file_end;
     const char *plain_reply; /* ktla_acceptor_set_plain_reply, when not NULL */
+    const char *file_head;   /* FILE answered with ktla_conn_sendfile_head(file_head, file) */
 };
 
 enum { ECHO_END_SHUTDOWN = 1, ECHO_END_CLOSE = 2 };
