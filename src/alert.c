@@ -65,6 +65,11 @@ static const struct ktla_event_answer tls12[KTLA_EV_COUNT] = {
     [KTLA_EV_KEY_UPDATE_LENGTH] = FATAL(UNEXPECTED_MESSAGE, KTLA_EUNEXPECTED),
     [KTLA_EV_KEY_UPDATE_BOUNDARY] = FATAL(UNEXPECTED_MESSAGE, KTLA_EUNEXPECTED),
     [KTLA_EV_HS_OTHER] = FATAL(UNEXPECTED_MESSAGE, KTLA_EUNEXPECTED),
+    /* Kernels from 6.14 stop receiving after any handshake record that begins with 24 (they
+     * take it for a TLS 1.3 KeyUpdate) and take no second TLS 1.2 key to go on: a renegotiation
+     * ClientHello cut into such records cannot get its warning, only this. A deviation forced
+     * by the kernel; no client renegotiates in pieces like that. */
+    [KTLA_EV_RX_STOPPED] = FATAL(UNEXPECTED_MESSAGE, KTLA_EUNEXPECTED),
 };
 
 static const struct ktla_event_answer tls13[KTLA_EV_COUNT] = {
@@ -111,6 +116,9 @@ static const struct ktla_event_answer tls13[KTLA_EV_COUNT] = {
      * implementation MUST terminate the connection with an unexpected_message alert" */
     [KTLA_EV_KEY_UPDATE_BOUNDARY] = FATAL(UNEXPECTED_MESSAGE, KTLA_EUNEXPECTED),
     [KTLA_EV_HS_OTHER] = FATAL(UNEXPECTED_MESSAGE, KTLA_EUNEXPECTED),
+    /* Where the secrets are kept the same key is set again and nothing stops (conn_kernel.c);
+     * otherwise (a kernel that cannot rekey never stops) this cannot happen in TLS 1.3. */
+    [KTLA_EV_RX_STOPPED] = FATAL(UNEXPECTED_MESSAGE, KTLA_EUNEXPECTED),
 };
 
 const struct ktla_event_answer *ktla_event_answer(uint16_t version, enum ktla_event ev)

@@ -44,6 +44,7 @@ enum ktla_event {
     KTLA_EV_KEY_UPDATE_LENGTH,  /* a KeyUpdate whose body is not 1 byte */
     KTLA_EV_KEY_UPDATE_BOUNDARY, /* more handshake bytes after a KeyUpdate in its record */
     KTLA_EV_HS_OTHER,           /* any other handshake message from a client */
+    KTLA_EV_RX_STOPPED,         /* the kernel stopped receiving (EKEYEXPIRED) and cannot go on */
     KTLA_EV_COUNT
 };
 

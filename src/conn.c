@@ -6,9 +6,12 @@
  * carries on over memory BIOs; the ciphertext still moves through io_uring).
  */
 #include <errno.h>
+#include <limits.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -148,8 +151,10 @@ static void on_recv(struct ktla_conn *c, int res)
     }
     if (res > 0)
         return conn_recv_done(c, res);
+    /* 0 is the end of the stream, or (6.17) only zero-length records consumed before a control
+     * record: a read with the record's type tells them apart. */
     if (res == 0)
-        return conn_recv_done(c, c->peer_closed ? 0 : KTLA_ETRUNCATED);
+        return c->peer_closed ? conn_recv_done(c, 0) : kconn_control_record(c);
     if (res == -EIO)
         return kconn_control_record(c);
     kconn_rx_error(c, ktla_ktls_error(-res, KTLA_OP_IO));
@@ -548,6 +553,25 @@ static void linger_end(struct ktla_conn *c, int result)
     ktla_conn_reap(c);
 }
 
+/*
+ * At the deadline: a client still reading what the response left queued (a slow reader of a
+ * large file) has its close_notify still to come, and our FIN with it. As long as the queue
+ * goes down between two deadlines the wait goes on, up to ten times linger_ms in all: what
+ * bounds a connection is its progress, as with ktla-serve's idle timeout. True if extended.
+ */
+static bool linger_progress(struct ktla_conn *c, uint64_t now)
+{
+    int outq = 0;
+    if (ioctl(c->fd, SIOCOUTQ, &outq) < 0 || outq <= 0 || outq >= c->linger_outq ||
+        now >= c->linger_cap_ns)
+        return false;
+    c->linger_outq = outq;
+    c->linger_deadline_ns = now + (uint64_t)c->linger_ms * 1000000u;
+    if (c->linger_deadline_ns > c->linger_cap_ns)
+        c->linger_deadline_ns = c->linger_cap_ns;
+    return true;
+}
+
 static void linger_step(struct ktla_conn *c)
 {
     if (!c->cn_sent && linger_close_notify(c)) {
@@ -561,7 +585,7 @@ static void linger_step(struct ktla_conn *c)
         return linger_end(c, ret);
 
     uint64_t now = ktla_now_ns();
-    if (now >= c->linger_deadline_ns)
+    if (now >= c->linger_deadline_ns && !linger_progress(c, now))
         return linger_end(c, -ETIMEDOUT);
     /* A poll and its deadline in one submission: flushed apart, the link would not hold. */
     if (io_uring_sq_space_left(c->ring) < 2 && io_uring_submit(c->ring) < 0)
@@ -584,8 +608,8 @@ static void linger_step(struct ktla_conn *c)
 
 static void on_linger(struct ktla_conn *c, int res)
 {
-    if (res == -ECANCELED) /* the linked deadline passed */
-        return linger_end(c, -ETIMEDOUT);
+    if (res == -ECANCELED) /* the deadline passed: unless what we sent is still leaving */
+        return linger_progress(c, ktla_now_ns()) ? linger_step(c) : linger_end(c, -ETIMEDOUT);
     if (res < 0)
         return linger_end(c, res);
     linger_step(c);
@@ -614,7 +638,11 @@ int ktla_conn_shutdown(struct ktla_conn *c, unsigned linger_ms, ktla_close_cb cb
     c->close_result = 0;
     c->linger_dropped = 0;
     c->cn_sent = false;
+    c->linger_ms = linger_ms;
     c->linger_deadline_ns = ktla_now_ns() + (uint64_t)linger_ms * 1000000u;
+    c->linger_cap_ns = c->linger_deadline_ns + 9ull * linger_ms * 1000000u;
+    c->linger_outq = INT_MAX;
+    ioctl(c->fd, SIOCOUTQ, &c->linger_outq); /* what is queued now: progress is less of it */
     c->state = KTLA_CONN_LINGER;
     io_uring_prep_nop(sqe);
     conn_submit(c, sqe, &c->lop, KTLA_OP_LINGER);

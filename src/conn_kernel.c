@@ -76,9 +76,42 @@ bool kconn_event(struct ktla_conn *c, enum ktla_event ev)
 }
 
 /* Kernel mode: a receive failed; the errors that are the peer's records get their alert. */
+/*
+ * Kernels from 6.14 stop decrypting after any handshake record whose first byte is 24 (a
+ * KeyUpdate's type) until a new receive key is set, taking it for a KeyUpdate. A handshake
+ * message may arrive in pieces (RFC 8446 section 5.1), and then that byte may begin a piece that
+ * is not a KeyUpdate at all, or only the first piece of one: the keys have not changed. Setting
+ * the current key again, at the kernel's current record number, lets it go on. Only where the
+ * connection keeps its TLS 1.3 secrets (a kernel that can rekey); true if it went on.
+ */
+static bool kernel_resume_same_key(struct ktla_conn *c)
+{
+    struct ktla_key k;
+    uint16_t version;
+    enum ktla_cipher cipher;
+    uint64_t seq;
+
+    if (!c->rk || !ktla_hs_reader_busy(&c->hsr) ||
+        ktla_ktls_get(c->fd, KTLA_DIR_RX, &version, &cipher, &seq) < 0)
+        return false;
+    int ret = ktla_secrets_current(&c->rk->sec, KTLA_DIR_RX, &k);
+    k.seq = seq;
+    if (ret == 0)
+        ret = ktla_ktls_install(c->fd, KTLA_DIR_RX, &k);
+    ktla_key_wipe(&k);
+    return ret == 0;
+}
+
+static void kernel_recv_again(struct ktla_conn *c);
+
 void kconn_rx_error(struct ktla_conn *c, int code)
 {
     switch (code) {
+    case KTLA_EKEYEXPIRED:
+        if (kernel_resume_same_key(c))
+            return kernel_recv_again(c);
+        kconn_event(c, KTLA_EV_RX_STOPPED);
+        return;
     case KTLA_EBADMAC:
         kconn_event(c, KTLA_EV_BAD_MAC);
         return;
@@ -160,8 +193,12 @@ void kconn_control_record(struct ktla_conn *c)
     ssize_t n = ktla_ktls_recv_record(c->fd, buf, sizeof(buf), &type, MSG_DONTWAIT);
     enum ktla_event ev;
 
+    if (n == -EAGAIN) /* zero-length records only, consumed: nothing to act on yet */
+        return kernel_recv_again(c);
     if (n < 0)
         return kconn_rx_error(c, (int)n);
+    if (n == 0 && type == 0) /* no record at all: the end of the stream */
+        return conn_recv_done(c, c->peer_closed ? 0 : KTLA_ETRUNCATED);
     /* RFC 8446 §5.1: no other record inside a handshake message that arrives in pieces. */
     if (ktla_hs_reader_busy(&c->hsr) && type != KTLA_RT_HANDSHAKE) {
         kconn_event(c, KTLA_EV_HS_INTERLEAVED);
@@ -188,6 +225,8 @@ void kconn_control_record(struct ktla_conn *c)
     case KTLA_RT_APPLICATION_DATA:
         /* A plain receive said the next record was not data; should the kernel still hand
          * data here, it goes where the receive wanted it. */
+        if (n == 0) /* a zero-length record: allowed, and nothing to deliver */
+            return kernel_recv_again(c);
         if ((size_t)n > c->rlen)
             return conn_recv_done(c, KTLA_EUNEXPECTED);
         memcpy(c->rbuf, buf, (size_t)n);

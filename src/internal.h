@@ -119,7 +119,10 @@ struct ktla_conn {
     /* Shutting down (ktla_conn_shutdown). */
     struct ktla_op lop, lto;        /* the linger's poll (or first NOP) and its linked timeout */
     struct __kernel_timespec lts;   /* read when the timeout is submitted */
-    uint64_t linger_deadline_ns;
+    uint64_t linger_deadline_ns;    /* extended while what we sent keeps leaving ... */
+    uint64_t linger_cap_ns;         /* ... up to this */
+    unsigned linger_ms;
+    int linger_outq;                /* bytes not yet acknowledged at the last deadline */
     size_t linger_dropped;          /* bytes read and dropped */
     bool cn_sent;                   /* close_notify out (or given up on) and SHUT_WR done */
     int close_result;

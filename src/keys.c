@@ -490,6 +490,19 @@ int ktla_secrets_update(struct ktla_secrets *s, enum ktla_dir dir, struct ktla_k
     return ret;
 }
 
+int ktla_secrets_current(const struct ktla_secrets *s, enum ktla_dir dir, struct ktla_key *k)
+{
+    const EVP_MD *md = s->len ? EVP_get_digestbynid(s->md_nid) : NULL;
+    int ret = KTLA_EINVAL;
+
+    if (md && (size_t)EVP_MD_get_size(md) == s->len && (dir == KTLA_DIR_TX || dir == KTLA_DIR_RX))
+        ret = tls13_key(md, dir == KTLA_DIR_TX ? s->tx : s->rx, s->len, KTLA_TLS1_3,
+                        (enum ktla_cipher)s->cipher, k);
+    if (ret < 0)
+        ktla_key_wipe(k);
+    return ret;
+}
+
 void ktla_secrets_wipe(struct ktla_secrets *s)
 {
     OPENSSL_cleanse(s, sizeof(*s));

@@ -65,6 +65,9 @@ int ktla_keys_export(SSL *ssl, struct ktla_secrets *out);
  * writes its keys (seq 0) into *k. 0, or KTLA_EINVAL, -ENOMEM; on failure *k is wiped and the
  * secret unchanged. */
 int ktla_secrets_update(struct ktla_secrets *s, enum ktla_dir dir, struct ktla_key *k);
+/* The keys (seq 0) of one direction's current secret, without advancing it: for installing the
+ * same key again. 0, or KTLA_EINVAL, -ENOMEM; on failure *k is wiped. */
+int ktla_secrets_current(const struct ktla_secrets *s, enum ktla_dir dir, struct ktla_key *k);
 void ktla_secrets_wipe(struct ktla_secrets *s);
 
 /*

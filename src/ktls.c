@@ -391,7 +391,8 @@ ssize_t ktla_ktls_recv_record(int fd, void *buf, size_t len, uint8_t *type, int 
             OPENSSL_cleanse(buf, len);
         return ret;
     }
-    *type = KTLA_RT_APPLICATION_DATA;
+    /* Every record comes with its type; none at all is the end of the stream (n is 0). */
+    *type = n > 0 ? KTLA_RT_APPLICATION_DATA : 0;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
         if (c->cmsg_level == SOL_TLS && c->cmsg_type == TLS_GET_RECORD_TYPE)
             *type = *CMSG_DATA(c);

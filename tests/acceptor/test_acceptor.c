@@ -13,6 +13,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "echo.h"
@@ -538,18 +539,28 @@ Test(acceptor, key_update_storm_is_cut_off)
     int followed = 0;
 
     cr_assert_eq(tc_connect(&c, echo_port(s), &co, NULL, 0), 0);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     for (int i = 0; i < 12; i++) {
         if (!update_and_echo(&c, i % 2 ? SSL_KEY_UPDATE_REQUESTED : SSL_KEY_UPDATE_NOT_REQUESTED,
                              (uint32_t)i))
             break;
         followed++;
     }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
     if (here == REKEY_USERSPACE) {
         /* OpenSSL follows every one (its own limit is its business): the connection lives. */
         cr_assert_eq(followed, 12);
         tc_close(&c, true);
+    } else if (here == REKEY_KERNEL && followed > 8) {
+        /* The limit is 8 in 10 s: a machine so loaded that the updates took longer than the
+         * window is allowed more, and that is all this may show. */
+        cr_assert(secs >= 10.0, "%d KeyUpdates followed in %.1f s", followed, secs);
+        tc_close(&c, true);
     } else {
-        cr_assert_eq(followed, here == REKEY_KERNEL ? 8 : 0);
+        cr_assert_eq(followed, here == REKEY_KERNEL ? 8 : 0, "%d followed in %.1f s", followed,
+                     secs);
         cr_assert(echo_wait_ended(s, 1, 10000), "the server did not end the connection");
         struct echo_conn *ec = last_conn(s, conns, 4);
         cr_assert_eq(ec->last_result, here == REKEY_KERNEL ? KTLA_EREKEY_LIMIT : KTLA_ENOREKEY,

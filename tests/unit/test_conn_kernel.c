@@ -239,6 +239,13 @@ Test(kernel_conn, refused_record_header_is_protocol_version_or_decode_error)
     rx_error(V13, EINVAL, KTLA_EBADVERSION, 50);
 }
 
+/* A kernel (6.14+) that stopped receiving after a handshake record beginning with 24, where the
+ * connection has no secrets to set the same key again (TLS 1.2): it cannot go on. */
+Test(kernel_conn, a_receive_the_kernel_stopped_for_good_is_unexpected_message)
+{
+    rx_error(V12, EKEYEXPIRED, KTLA_EUNEXPECTED, 10);
+}
+
 Test(kernel_conn, the_socket_error_is_cleared_so_the_alert_goes_out)
 {
     setup_conn(V13);
