@@ -14,6 +14,8 @@ serve=(
     build-essential cmake pkg-config libssl-dev liburing-dev
     # ktla-serve's request parser (http_parser 2.9, fuzzed by OSS-Fuzz)
     libhttp-parser-dev
+    # ktla-serve's --config files (INI: key = value lines)
+    libinih-dev
     # ktla-serve's media types (/etc/mime.types)
     media-types
 )
@@ -33,8 +35,8 @@ rest=(
     # the guest kernel for the kernel suite: qemu with Debian's generic kernel (it has 9p, which
     # mounts the host's file system as the guest's root), and busybox for the initramfs
     qemu-system-x86 linux-image-amd64 busybox-static cpio kmod iproute2
-    # benchmarks
-    nginx gnuplot-nox
+    # benchmarks (e2fsprogs: mkfs.ext4 makes bench/coldcache.sh's disk image)
+    nginx gnuplot-nox e2fsprogs
 )
 
 case "${1:-all}" in

@@ -123,6 +123,16 @@ grep -E '^not ok' -A8 build/results/hostile-host.tap | head -40 || true
 grep -E '^# (main server (descriptors|VmRSS)|good client|storms|whole suite)' build/results/hostile-host.tap || true
 tally hostile-host build/results/hostile-host.tap lenient
 
+echo "== ktla-serve --metrics: Prometheus figures move by exactly the requests made"
+tests/serve/metrics.sh build/asan "$host_mode" >build/results/metrics-host.tap 2>&1 || true
+grep -E '^not ok' -A8 build/results/metrics-host.tap | head -40 || true
+tally metrics-host build/results/metrics-host.tap lenient
+
+echo "== ktla-serve: several --listen addresses, --config and --check-config"
+tests/serve/config.sh build/asan "$host_mode" >build/results/config-host.tap 2>&1 || true
+grep -E '^not ok' -A8 build/results/config-host.tap | head -40 || true
+tally config-host build/results/config-host.tap lenient
+
 echo "== benchmark harness smoke test (ktla-bench against ktla-serve and ktla-echo)"
 bench/smoke.sh build/asan >build/results/bench-smoke.tap 2>&1 || true
 grep -E '^not ok' -A8 build/results/bench-smoke.tap | head -40 || true

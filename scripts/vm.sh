@@ -18,16 +18,30 @@
 #   fetched kernel is downloaded once into a cache outside the checkout; its module tree is shared
 #   with the guest over the same 9p root and mounted on /lib/modules there, so modprobe and the
 #   kernel's own module autoloading (crypto templates, ciphers) work as with the installed kernel.
+#   --disk IMAGE[,BPS] attaches the raw image IMAGE as the guest's virtio disk (/dev/vda once the
+#   command has loaded virtio_blk: 'modprobe virtio_blk'), without any cache on the host
+#   (cache=none), and with BPS qemu throttles it to BPS bytes/s, reads and writes together
+#   (throttling.bps-total), as a slow disk would be (bench/coldcache.sh).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 out="$here/build/vm"
 kernel=${KTLA_VM_KERNEL:-}
-usage="usage: $0 [--out DIR] [--kernel VERSION] [--] COMMAND [ARGS...]"
+disk=()
+usage="usage: $0 [--out DIR] [--kernel VERSION] [--disk IMAGE[,BPS]] [--] COMMAND [ARGS...]"
 while [ $# -gt 0 ]; do
     case "$1" in
     --out) [ $# -ge 2 ] || { echo "$usage" >&2; exit 2; }; out=$2; shift 2 ;;
     --kernel) [ $# -ge 2 ] || { echo "$usage" >&2; exit 2; }; kernel=$2; shift 2 ;;
+    --disk)
+        [ $# -ge 2 ] || { echo "$usage" >&2; exit 2; }
+        image=$2 bps=
+        if [[ $image =~ ^(.*),([0-9]+)$ ]]; then image=${BASH_REMATCH[1]} bps=${BASH_REMATCH[2]}; fi
+        [ -r "$image" ] || { echo "vm.sh: --disk: cannot read '$image'" >&2; exit 2; }
+        image=$(cd "$(dirname "$image")" && pwd)/$(basename "$image")
+        # qemu's option syntax: a comma inside a value is written twice.
+        disk=(-drive "file=${image//,/,,},if=virtio,format=raw,cache=none${bps:+,throttling.bps-total=$bps}")
+        shift 2 ;;
     --) shift; break ;;
     *) break ;;
     esac
@@ -140,7 +154,7 @@ timeout "${KTLA_VM_TIMEOUT:-1800}" qemu-system-x86_64 -accel tcg,thread=multi -c
     -kernel "$kroot/boot/vmlinuz-$kver" -initrd "$work/initrd" \
     -append "console=ttyS0 quiet panic=-1 KTLA_GUEST_INIT=$out/.guest-init" \
     -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap" \
-    -virtfs "local,path=$out,mount_tag=results,security_model=none" </dev/null || true
+    -virtfs "local,path=$out,mount_tag=results,security_model=none" "${disk[@]}" </dev/null || true
 if [ -s "$out/.rc" ]; then exit "$(cat "$out/.rc")"; fi
 echo "vm.sh: the guest did not report an exit status" >&2
 exit 125

@@ -9,11 +9,13 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <grp.h>
+#include <ini.h>
 #include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <pwd.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +26,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "metrics.h"
 #include "redirect.h"
 #include "worker.h"
 
@@ -37,6 +40,7 @@ static const char builtin_mime[] = "text/html html htm\ntext/css css\ntext/javas
                                    "image/webp webp\napplication/pdf pdf\nfont/woff2 woff2\n";
 
 #define MAX_CERTS 16
+#define MAX_LISTEN WORKER_LISTEN_MAX
 #define MAX_HEADERS 16
 /* The response head is formatted in a fixed buffer (worker.h) that must still hold the longest
  * head of our own (a 301 with a 1 KiB Location): what --header adds stays within this. */
@@ -51,8 +55,11 @@ struct listen_addr {
 
 struct options {
     const char *dir;
-    const char *listen;
-    struct listen_addr addr;
+    /* Every --listen, in order; the first names the server in the banner and is the port
+     * --redirect-http sends clients to. */
+    const char *listen[MAX_LISTEN];
+    struct listen_addr addr[MAX_LISTEN];
+    unsigned nlisten;
     /* The i-th --cert goes with the i-th --key; the first pair is the default (no SNI, or a
      * name no certificate has). */
     const char *cert[MAX_CERTS], *key[MAX_CERTS];
@@ -77,7 +84,16 @@ struct options {
     const char *pid_file;
     const char *redirect; /* --redirect-http HOST:PORT, or NULL */
     struct listen_addr raddr;
+    const char *metrics; /* --metrics HOST:PORT, or NULL */
+    struct listen_addr maddr;
+    const char *config; /* --config FILE, or NULL */
+    bool check_config;  /* --check-config: validate, say so, exit */
+    /* While the command line is read (after the file): its first --listen, --cert/--key or
+     * --header replaces the file's list rather than adding to it. */
+    bool from_cli, cli_listen, cli_certs, cli_headers;
 };
+
+static unsigned sockaddr_port(const struct sockaddr_storage *ss);
 
 static void usage(FILE *f, const char *argv0)
 {
@@ -89,7 +105,7 @@ static void usage(FILE *f, const char *argv0)
         "  --listen HOST:PORT          address to listen on (default " DEFAULT_LISTEN
         "; [::1]:8443 for IPv6;\n"
         "                              :8443 for every IPv4 and IPv6 address; port 0 picks a\n"
-        "                              free one)\n"
+        "                              free one); repeatable, up to 16 addresses\n"
         "  --cert FILE --key FILE      certificate chain and private key (PEM); without them a\n"
         "                              self-signed ECDSA P-256 certificate is made at start-up.\n"
         "                              Repeat the pair for several certificates, chosen by SNI\n"
@@ -124,6 +140,10 @@ static void usage(FILE *f, const char *argv0)
         "  --redirect-http HOST:PORT   also listen for plain HTTP there, answering each request\n"
         "                              with a 301 to the same path on https:// and the port of\n"
         "                              --listen (e.g. --redirect-http :80)\n"
+        "  --metrics HOST:PORT         serve Prometheus text on plain HTTP at /metrics there\n"
+        "                              (e.g. --metrics 127.0.0.1:9100): connections, handshakes,\n"
+        "                              kernel TLS, bytes, responses, request durations, per\n"
+        "                              worker. No TLS, no authentication: keep it private\n"
         "  --user NAME                 once the sockets are bound and the keys loaded, drop root\n"
         "                              for NAME's user, group and supplementary groups. Started\n"
         "                              as root on a port below 1024, it refuses to run without\n"
@@ -133,6 +153,12 @@ static void usage(FILE *f, const char *argv0)
         "                              second server on it refuses to start); removed at exit\n"
         "  --takeover                  start on a port a running ktla-serve listens on (SO_REUSEPORT),\n"
         "                              to replace it: SIGTERM the old one once this one is up\n"
+        "  --config FILE               options from FILE, one 'key = value' a line: the long\n"
+        "                              options without '--' (listen, cert, key and header\n"
+        "                              repeatable; allow-dotfiles = true...) and dir = DIR;\n"
+        "                              the command line overrides it\n"
+        "  --check-config              check the options (and --config FILE) and the files they\n"
+        "                              name, say so, exit: 0 when good, else 2\n"
         "  -h, --help, --version\n\n"
         "Signals: SIGTERM/SIGINT close the listening sockets, finish responses in flight, then\n"
         "exit 0; SIGHUP reloads the certificate, the ticket keys and the access log without\n"
@@ -143,13 +169,27 @@ static void usage(FILE *f, const char *argv0)
         argv0);
 }
 
+/* Where the option being read came from: "" for the command line, "FILE:LINE: " for a line of
+ * --config, so that every complaint about a value names its line. */
+static char where[PATH_MAX + 32];
+
+static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void say(const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "ktla-serve: %s", where);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+}
+
 static int parse_uint(const char *opt, const char *s, unsigned min, unsigned *out)
 {
     char *end;
     errno = 0;
     unsigned long v = strtoul(s, &end, 10);
     if (errno || end == s || *end || v < min || v > UINT_MAX / 2 || s[0] == '-') {
-        fprintf(stderr, "ktla-serve: %s wants a whole number of at least %u, not '%s'\n", opt, min,
+        say("%s wants a whole number of at least %u, not '%s'\n", opt, min,
                 s);
         return -1;
     }
@@ -171,7 +211,7 @@ static int add_header(struct options *o, const char *spec)
 {
     const char *why = http_header_invalid(spec);
     if (why) {
-        fprintf(stderr, "ktla-serve: --header '%s': %s\n", spec, why);
+        say("--header '%s': %s\n", spec, why);
         return -1;
     }
     const char *colon = strchr(spec, ':'), *value = colon + 1;
@@ -185,7 +225,7 @@ static int add_header(struct options *o, const char *spec)
                      (int)vlen, value);
     if (n < 0 || (size_t)n >= cap) {
         o->headers[o->headers_len] = '\0';
-        fprintf(stderr, "ktla-serve: --header: at most %d bytes of added fields in all\n",
+        say("--header: at most %d bytes of added fields in all\n",
                 EXTRA_HEADERS_MAX);
         return -1;
     }
@@ -200,13 +240,12 @@ static int lookup_user(struct options *o, const char *name)
     errno = 0;
     struct passwd *pw = getpwnam(name);
     if (!pw) {
-        fprintf(stderr, "ktla-serve: --user %s: %s\n", name,
+        say("--user %s: %s\n", name,
                 errno ? strerror(errno) : "no such user");
         return -1;
     }
     if (pw->pw_uid == 0) {
-        fprintf(stderr,
-                "ktla-serve: --user %s is root, which --user is there to leave; "
+        say("--user %s is root, which --user is there to leave; "
                 "--allow-root keeps root deliberately\n",
                 name);
         return -1;
@@ -226,8 +265,7 @@ static int resolve(const char *opt, const char *spec, struct listen_addr *la)
     char host[256];
     const char *colon = strrchr(spec, ':');
     if (!colon || (size_t)(colon - spec) >= sizeof(host)) {
-        fprintf(stderr,
-                "ktla-serve: %s wants HOST:PORT ([V6]:PORT for IPv6, :PORT for every "
+        say("%s wants HOST:PORT ([V6]:PORT for IPv6, :PORT for every "
                 "address), not '%s'\n",
                 opt, spec);
         return -1;
@@ -236,7 +274,7 @@ static int resolve(const char *opt, const char *spec, struct listen_addr *la)
     unsigned long port = 0;
     size_t digits = strspn(p, "0123456789");
     if (digits == 0 || p[digits] != '\0' || digits > 5 || (port = strtoul(p, NULL, 10)) > 65535) {
-        fprintf(stderr, "ktla-serve: %s %s: the port is a number from 0 to 65535, not '%s'\n", opt,
+        say("%s %s: the port is a number from 0 to 65535, not '%s'\n", opt,
                 spec, p);
         return -1;
     }
@@ -249,7 +287,7 @@ static int resolve(const char *opt, const char *spec, struct listen_addr *la)
         h[hlen - 1] = '\0';
         h++;
     } else if (strpbrk(h, "[]:")) {
-        fprintf(stderr, "ktla-serve: %s %s: an IPv6 address goes in brackets: [::1]:8443\n", opt,
+        say("%s %s: an IPv6 address goes in brackets: [::1]:8443\n", opt,
                 spec);
         return -1;
     }
@@ -281,7 +319,7 @@ static int resolve(const char *opt, const char *spec, struct listen_addr *la)
     }
     int ret = getaddrinfo(h, p, &hints, &res);
     if (ret) {
-        fprintf(stderr, "ktla-serve: %s %s: %s: %s\n", opt, spec,
+        say("%s %s: %s: %s\n", opt, spec,
                 bracketed ? "not an IPv6 address" : "no such address", gai_strerror(ret));
         return -1;
     }
@@ -291,38 +329,301 @@ static int resolve(const char *opt, const char *spec, struct listen_addr *la)
     return 0;
 }
 
+static const struct option longopts[] = {
+    {"listen", required_argument, NULL, 'l'},
+    {"cert", required_argument, NULL, 'c'},
+    {"key", required_argument, NULL, 'k'},
+    {"ktls", required_argument, NULL, 'K'},
+    {"file-io", required_argument, NULL, 'F'},
+    {"workers", required_argument, NULL, 'w'},
+    {"tickets", required_argument, NULL, 't'},
+    {"handshake-timeout", required_argument, NULL, 'H'},
+    {"idle-timeout", required_argument, NULL, 'i'},
+    {"drain-timeout", required_argument, NULL, 'd'},
+    {"max-connections", required_argument, NULL, 'm'},
+    {"access-log", required_argument, NULL, 'a'},
+    {"sndbuf", required_argument, NULL, 'S'},
+    {"charset", required_argument, NULL, 'C'},
+    {"allow-dotfiles", no_argument, NULL, 'D'},
+    {"header", required_argument, NULL, 'R'},
+    {"user", required_argument, NULL, 'u'},
+    {"allow-root", no_argument, NULL, 'A'},
+    {"takeover", no_argument, NULL, 'T'},
+    {"pid-file", required_argument, NULL, 'P'},
+    {"redirect-http", required_argument, NULL, 'r'},
+    {"metrics", required_argument, NULL, 'M'},
+    {"config", required_argument, NULL, 'f'},
+    {"check-config", no_argument, NULL, 'X'},
+    {"help", no_argument, NULL, 'h'},
+    {"version", no_argument, NULL, 'V'},
+    {0},
+};
+
+/* An option without an argument (allow-dotfiles...): set on the command line; in --config,
+ * "true", "yes", "on" or "1", and "false", "no", "off" or "0". */
+static int parse_bool(const char *arg, bool *out)
+{
+    static const char *const yes[] = {"true", "yes", "on", "1"}, *const no[] = {"false", "no",
+                                                                                "off", "0"};
+    if (!arg) {
+        *out = true;
+        return 0;
+    }
+    for (unsigned i = 0; i < 4; i++) {
+        if (!strcmp(arg, yes[i]) || !strcmp(arg, no[i])) {
+            *out = !strcmp(arg, yes[i]);
+            return 0;
+        }
+    }
+    say("wants true or false, not '%s'\n", arg);
+    return -1;
+}
+
+/* One option, from the command line or a line of --config (arg NULL: an option without an
+ * argument given on the command line). 0 or -1 with the reason printed. */
+static int apply_option(struct options *o, int c, const char *arg)
+{
+    int ret = 0;
+    switch (c) {
+    case 'l':
+        if (o->from_cli && !o->cli_listen) {
+            o->nlisten = 0; /* the command line's replace the file's */
+            o->cli_listen = true;
+        }
+        if (o->nlisten == MAX_LISTEN) {
+            say("at most %d --listen addresses\n", MAX_LISTEN);
+            ret = -1;
+        } else if ((ret = resolve("--listen", arg, &o->addr[o->nlisten])) == 0) {
+            o->listen[o->nlisten++] = arg;
+        }
+        break;
+    case 'c':
+    case 'k':
+        if (o->from_cli && !o->cli_certs) {
+            o->ncert = o->nkey = 0;
+            o->cli_certs = true;
+        }
+        if ((c == 'c' ? o->ncert : o->nkey) == MAX_CERTS) {
+            say("at most %d --cert/--key pairs\n", MAX_CERTS);
+            ret = -1;
+        } else if (c == 'c') {
+            o->cert[o->ncert++] = arg;
+        } else {
+            o->key[o->nkey++] = arg;
+        }
+        break;
+    case 'K':
+        if (!strcmp(arg, "auto"))
+            o->ktls = KTLA_KTLS_AUTO;
+        else if (!strcmp(arg, "require"))
+            o->ktls = KTLA_KTLS_REQUIRE;
+        else if (!strcmp(arg, "off"))
+            o->ktls = KTLA_KTLS_OFF;
+        else {
+            say("--ktls is auto, require or off, not '%s'\n", arg);
+            ret = -1;
+        }
+        break;
+    case 'F':
+        if (!strcmp(arg, "sendfile"))
+            o->file_path = KTLA_FILE_SENDFILE;
+        else if (!strcmp(arg, "splice"))
+            o->file_path = KTLA_FILE_SPLICE;
+        else {
+            say("--file-io is sendfile or splice, not '%s'\n", arg);
+            ret = -1;
+        }
+        break;
+    case 'w':
+        ret = parse_uint("--workers", arg, 1, &o->workers);
+        break;
+    case 't':
+        o->tickets = arg;
+        break;
+    case 'H':
+        ret = parse_uint("--handshake-timeout", arg, 1, &o->handshake_timeout_s);
+        break;
+    case 'i':
+        ret = parse_uint("--idle-timeout", arg, 1, &o->idle_timeout_s);
+        break;
+    case 'd':
+        ret = parse_uint("--drain-timeout", arg, 0, &o->drain_timeout_s);
+        break;
+    case 'm':
+        ret = parse_uint("--max-connections", arg, 1, &o->max_connections);
+        break;
+    case 'a':
+        o->access_log = arg;
+        break;
+    case 'S':
+        ret = parse_uint("--sndbuf", arg, 4096, &o->sndbuf);
+        break;
+    case 'C':
+        if (!strcmp(arg, "off")) {
+            o->charset = NULL;
+        } else if (http_is_token(arg)) {
+            o->charset = arg;
+        } else {
+            say("--charset wants a charset name or off, not '%s'\n",
+                    arg);
+            ret = -1;
+        }
+        break;
+    case 'D':
+        ret = parse_bool(arg, &o->allow_dotfiles);
+        break;
+    case 'R':
+        if (o->from_cli && !o->cli_headers) {
+            o->headers_len = 0;
+            o->headers[0] = '\0';
+            o->cli_headers = true;
+        }
+        ret = add_header(o, arg);
+        break;
+    case 'u':
+        ret = lookup_user(o, arg);
+        break;
+    case 'A':
+        ret = parse_bool(arg, &o->allow_root);
+        break;
+    case 'T':
+        ret = parse_bool(arg, &o->takeover);
+        break;
+    case 'P':
+        o->pid_file = arg;
+        break;
+    case 'r':
+        o->redirect = arg;
+        ret = resolve("--redirect-http", arg, &o->raddr);
+        break;
+    case 'M':
+        o->metrics = arg;
+        ret = resolve("--metrics", arg, &o->maddr);
+        break;
+    default:
+        ret = -1;
+        break;
+    }
+    return ret;
+}
+
+/* ---- --config FILE: "key = value" lines, each key an option's long name (or dir) */
+
+/* The values read from the file, which the options point into until exit. */
+static char **config_strings;
+static size_t nconfig_strings;
+
+static void config_free(void)
+{
+    for (size_t i = 0; i < nconfig_strings; i++)
+        free(config_strings[i]);
+    free(config_strings);
+    config_strings = NULL;
+    nconfig_strings = 0;
+}
+
+static const char *config_keep(const char *value)
+{
+    char **more = realloc(config_strings, (nconfig_strings + 1) * sizeof(*more));
+    char *copy = strdup(value);
+    if (more)
+        config_strings = more;
+    if (!more || !copy) {
+        free(copy);
+        return NULL;
+    }
+    config_strings[nconfig_strings++] = copy;
+    return copy;
+}
+
+struct config_reader {
+    FILE *f;
+    struct options *o;
+    const char *path;
+    unsigned line;
+    int max_line;
+    bool failed;   /* a value was refused, and said so */
+    bool too_long; /* a line did not fit inih's buffer */
+};
+
+/* inih's reader, one line a call: counted here, since inih tells the handler no line number,
+ * and a line too long for its buffer stopped rather than read as two. */
+static char *config_line(char *str, int num, void *stream)
+{
+    struct config_reader *r = stream;
+    if (!fgets(str, num, r->f))
+        return NULL;
+    r->line++;
+    size_t len = strlen(str);
+    if (len && str[len - 1] != '\n' && !feof(r->f)) {
+        r->too_long = true;
+        r->max_line = num - 2;
+        return NULL;
+    }
+    return str;
+}
+
+static int config_key(void *user, const char *section, const char *name, const char *value)
+{
+    struct config_reader *r = user;
+    const char *kept;
+    int ret = -1;
+
+    if (r->failed)
+        return 0; /* the first mistake is the one reported */
+    snprintf(where, sizeof(where), "%s:%u: ", r->path, r->line);
+    if (*section) {
+        say("[%s]: no sections here: every line is 'key = value'\n", section);
+    } else if (!(kept = config_keep(value))) {
+        say("out of memory\n");
+    } else if (!strcmp(name, "dir")) {
+        r->o->dir = kept;
+        ret = 0;
+    } else {
+        const struct option *opt = longopts;
+        while (opt->name && strcmp(opt->name, name))
+            opt++;
+        if (!opt->name || strchr("fXhV", opt->val))
+            say("unknown key '%s' (the keys are the long options, without '--', and dir)\n",
+                name);
+        else
+            ret = apply_option(r->o, opt->val, kept);
+    }
+    where[0] = '\0';
+    r->failed = ret < 0;
+    return ret == 0;
+}
+
+/* Reads FILE into o, each value checked as its option is. 0, or -1 with the reason printed, the
+ * file and line named. */
+static int load_config(struct options *o, const char *path)
+{
+    struct config_reader r = {.o = o, .path = path};
+    r.f = fopen(path, "re");
+    if (!r.f) {
+        say("--config %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    int ret = ini_parse_stream(config_line, &r, config_key, &r);
+    fclose(r.f);
+    if (r.failed)
+        return -1;
+    if (r.too_long) {
+        say("%s:%u: a line of more than %d bytes\n", path, r.line, r.max_line);
+        return -1;
+    }
+    if (ret != 0) {
+        say("%s:%d: not a 'key = value' line, a '# comment' or blank\n", path, ret);
+        return -1;
+    }
+    return 0;
+}
+
 /* 0, 1 (exit 0: --help/--version), or -1 (exit 2). */
 static int parse_options(int argc, char **argv, struct options *o)
 {
-    static const struct option longopts[] = {
-        {"listen", required_argument, NULL, 'l'},
-        {"cert", required_argument, NULL, 'c'},
-        {"key", required_argument, NULL, 'k'},
-        {"ktls", required_argument, NULL, 'K'},
-        {"file-io", required_argument, NULL, 'F'},
-        {"workers", required_argument, NULL, 'w'},
-        {"tickets", required_argument, NULL, 't'},
-        {"handshake-timeout", required_argument, NULL, 'H'},
-        {"idle-timeout", required_argument, NULL, 'i'},
-        {"drain-timeout", required_argument, NULL, 'd'},
-        {"max-connections", required_argument, NULL, 'm'},
-        {"access-log", required_argument, NULL, 'a'},
-        {"sndbuf", required_argument, NULL, 'S'},
-        {"charset", required_argument, NULL, 'C'},
-        {"allow-dotfiles", no_argument, NULL, 'D'},
-        {"header", required_argument, NULL, 'R'},
-        {"user", required_argument, NULL, 'u'},
-        {"allow-root", no_argument, NULL, 'A'},
-        {"takeover", no_argument, NULL, 'T'},
-        {"pid-file", required_argument, NULL, 'P'},
-        {"redirect-http", required_argument, NULL, 'r'},
-        {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},
-        {0},
-    };
     *o = (struct options){
         .dir = ".",
-        .listen = DEFAULT_LISTEN,
         .workers = cpu_count(),
         .handshake_timeout_s = 10,
         .idle_timeout_s = 30,
@@ -331,100 +632,28 @@ static int parse_options(int argc, char **argv, struct options *o)
         .charset = "utf-8",
     };
     int c;
+    /* The file first, the command line over it: --config is looked for before anything else. */
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1)
+        if (c == 'f')
+            o->config = optarg;
+    opterr = 1;
+    optind = 0; /* GNU getopt: start again from the beginning */
+    if (o->config && load_config(o, o->config) < 0)
+        return -1;
+    o->from_cli = true;
     while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
         int ret = 0;
         switch (c) {
-        case 'l':
-            o->listen = optarg;
+        case 'f':
             break;
-        case 'c':
-        case 'k':
-            if ((c == 'c' ? o->ncert : o->nkey) == MAX_CERTS) {
-                fprintf(stderr, "ktla-serve: at most %d --cert/--key pairs\n", MAX_CERTS);
-                ret = -1;
-            } else if (c == 'c') {
-                o->cert[o->ncert++] = optarg;
-            } else {
-                o->key[o->nkey++] = optarg;
-            }
-            break;
-        case 'K':
-            if (!strcmp(optarg, "auto"))
-                o->ktls = KTLA_KTLS_AUTO;
-            else if (!strcmp(optarg, "require"))
-                o->ktls = KTLA_KTLS_REQUIRE;
-            else if (!strcmp(optarg, "off"))
-                o->ktls = KTLA_KTLS_OFF;
-            else {
-                fprintf(stderr, "ktla-serve: --ktls is auto, require or off, not '%s'\n", optarg);
-                ret = -1;
-            }
-            break;
-        case 'F':
-            if (!strcmp(optarg, "sendfile"))
-                o->file_path = KTLA_FILE_SENDFILE;
-            else if (!strcmp(optarg, "splice"))
-                o->file_path = KTLA_FILE_SPLICE;
-            else {
-                fprintf(stderr, "ktla-serve: --file-io is sendfile or splice, not '%s'\n", optarg);
-                ret = -1;
-            }
-            break;
-        case 'w':
-            ret = parse_uint("--workers", optarg, 1, &o->workers);
-            break;
-        case 't':
-            o->tickets = optarg;
-            break;
-        case 'H':
-            ret = parse_uint("--handshake-timeout", optarg, 1, &o->handshake_timeout_s);
-            break;
-        case 'i':
-            ret = parse_uint("--idle-timeout", optarg, 1, &o->idle_timeout_s);
-            break;
-        case 'd':
-            ret = parse_uint("--drain-timeout", optarg, 0, &o->drain_timeout_s);
-            break;
-        case 'm':
-            ret = parse_uint("--max-connections", optarg, 1, &o->max_connections);
-            break;
-        case 'a':
-            o->access_log = optarg;
-            break;
-        case 'S':
-            ret = parse_uint("--sndbuf", optarg, 4096, &o->sndbuf);
-            break;
-        case 'C':
-            if (!strcmp(optarg, "off")) {
-                o->charset = NULL;
-            } else if (http_is_token(optarg)) {
-                o->charset = optarg;
-            } else {
-                fprintf(stderr, "ktla-serve: --charset wants a charset name or off, not '%s'\n",
-                        optarg);
-                ret = -1;
-            }
+        case 'X':
+            o->check_config = true;
             break;
         case 'D':
-            o->allow_dotfiles = true;
-            break;
-        case 'R':
-            ret = add_header(o, optarg);
-            break;
-        case 'u':
-            ret = lookup_user(o, optarg);
-            break;
         case 'A':
-            o->allow_root = true;
-            break;
         case 'T':
-            o->takeover = true;
-            break;
-        case 'P':
-            o->pid_file = optarg;
-            break;
-        case 'r':
-            o->redirect = optarg;
+            ret = apply_option(o, c, NULL);
             break;
         case 'h':
             usage(stdout, argv[0]);
@@ -434,8 +663,11 @@ static int parse_options(int argc, char **argv, struct options *o)
                    http_parser_version() >> 16, (http_parser_version() >> 8) & 255,
                    http_parser_version() & 255);
             return 1;
-        default:
+        case '?':
             ret = -1;
+            break;
+        default:
+            ret = apply_option(o, c, optarg);
             break;
         }
         if (ret < 0) {
@@ -446,26 +678,35 @@ static int parse_options(int argc, char **argv, struct options *o)
     if (optind < argc)
         o->dir = argv[optind++];
     if (optind < argc) {
-        fprintf(stderr, "ktla-serve: one DIR only ('%s' is extra)\nTry '%s --help'.\n",
+        say("one DIR only ('%s' is extra)\nTry '%s --help'.\n",
                 argv[optind], argv[0]);
         return -1;
     }
     if (o->ncert != o->nkey) {
-        fprintf(stderr,
-                "ktla-serve: --cert and --key go together, one --key for each --cert (%u --cert, "
+        say("--cert and --key go together, one --key for each --cert (%u --cert, "
                 "%u --key)\n",
                 o->ncert, o->nkey);
         return -1;
     }
     if (o->handshake_timeout_s > 3600 || o->workers > 1024) {
-        fprintf(stderr, "ktla-serve: --handshake-timeout is at most 3600, --workers 1024\n");
+        say("--handshake-timeout is at most 3600, --workers 1024\n");
         return -1;
     }
-    /* A --listen that names no address is as much a usage error as any other bad option. */
-    if (resolve("--listen", o->listen, &o->addr) < 0)
-        return -1;
-    if (o->redirect && resolve("--redirect-http", o->redirect, &o->raddr) < 0)
-        return -1;
+    /* Every address was resolved as it was read: a --listen that names no address is as much a
+     * usage error as any other bad option, and one in --config is reported with its line. */
+    if (!o->nlisten && resolve("--listen", DEFAULT_LISTEN, &o->addr[0]) == 0)
+        o->listen[o->nlisten++] = DEFAULT_LISTEN;
+    for (unsigned i = 0; i < o->nlisten; i++) {
+        /* The same address twice would bind (SO_REUSEPORT) and serve nothing more. */
+        for (unsigned j = 0; j < i; j++) {
+            if (o->addr[j].len == o->addr[i].len && sockaddr_port(&o->addr[i].ss) &&
+                !memcmp(&o->addr[j].ss, &o->addr[i].ss, o->addr[i].len)) {
+                say("--listen %s: the same address as --listen %s\n",
+                        o->listen[i], o->listen[j]);
+                return -1;
+            }
+        }
+    }
     return 0;
 }
 
@@ -900,6 +1141,29 @@ static void reload(const struct options *o, struct serve_config *cfg)
     }
 }
 
+/* --check-config: what start-up would refuse, short of binding and running. 0 (said on standard
+ * output) or 2. */
+static int check_config(const struct options *o)
+{
+    if (check_certs(o, "") < 0)
+        return 2;
+    if (o->tickets && access(o->tickets, R_OK) < 0) {
+        fprintf(stderr, "ktla-serve: --tickets %s: cannot read it: %s\n", o->tickets,
+                strerror(errno));
+        return 2;
+    }
+    int fd = open(o->dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+        fprintf(stderr, "ktla-serve: cannot serve '%s': %s\n", o->dir, strerror(errno));
+        return 2;
+    }
+    close(fd);
+    printf("ktla-serve: %s%s: good (%u address%s, %u certificate%s, serving %s)\n",
+           o->config ? o->config : "the options", o->config ? " with the options" : "",
+           o->nlisten, o->nlisten == 1 ? "" : "es", o->ncert, o->ncert == 1 ? "" : "s", o->dir);
+    return 0;
+}
+
 /* DIR must be readable by whoever serves it: checked at start-up, and again after --user. */
 static int check_dir(const char *dir, int root_fd)
 {
@@ -933,15 +1197,24 @@ int main(int argc, char **argv)
     struct cert_pem pem = {0};
     struct worker *workers = NULL;
     unsigned nworkers, nstarted = 0, ninit = 0;
-    int inherited[MAX_INHERITED], ninherited, pid_fd = -1, redirect_fd = -1;
+    int inherited[MAX_INHERITED], ninherited, pid_fd = -1, redirect_fd = -1, metrics_fd = -1;
     struct redirect *redirect = NULL;
+    struct metrics_server *metrics = NULL;
+    struct worker_metrics **mv = NULL;
     bool redirect_failed = false;
     char fp[128], err[256];
     int status = 1, ret;
 
     ret = parse_options(argc, argv, &o);
-    if (ret)
+    if (ret) {
+        config_free();
         return ret > 0 ? 0 : 2;
+    }
+    if (o.check_config) {
+        ret = check_config(&o);
+        config_free();
+        return ret;
+    }
     /* sendfile(2) cannot be told MSG_NOSIGNAL: a client that goes away must not kill us. */
     signal(SIGPIPE, SIG_IGN);
 
@@ -955,8 +1228,11 @@ int main(int argc, char **argv)
         if (refuse_root(&o, sockaddr_port(&ss)) < 0)
             return 2;
     }
-    if ((!ninherited && refuse_root(&o, sockaddr_port(&o.addr.ss)) < 0) ||
-        (o.redirect && refuse_root(&o, sockaddr_port(&o.raddr.ss)) < 0))
+    for (unsigned i = 0; !ninherited && i < o.nlisten; i++)
+        if (refuse_root(&o, sockaddr_port(&o.addr[i].ss)) < 0)
+            return 2;
+    if ((o.redirect && refuse_root(&o, sockaddr_port(&o.raddr.ss)) < 0) ||
+        (o.metrics && refuse_root(&o, sockaddr_port(&o.maddr.ss)) < 0))
         return 2;
 
     cfg.root_fd = open(o.dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
@@ -1050,12 +1326,15 @@ int main(int argc, char **argv)
     nworkers = o.workers > (unsigned)ninherited ? o.workers : (unsigned)ninherited;
     cfg.max_conns = (o.max_connections + nworkers - 1) / nworkers;
 
-    struct sockaddr_storage *ss = &o.addr.ss;
+    struct sockaddr_storage *ss = &o.addr[0].ss;
     /* --takeover: the port is meant to be in use, by the server this one replaces. */
-    ret = !ninherited && !o.takeover && sockaddr_port(ss) ? check_port_free(&o.addr) : 0;
-    if (ret < 0) {
-        fprintf(stderr, "ktla-serve: cannot listen on %s: %s\n", o.listen, strerror(-ret));
-        goto err_log;
+    for (unsigned i = 0; !ninherited && !o.takeover && i < o.nlisten; i++) {
+        ret = sockaddr_port(&o.addr[i].ss) ? check_port_free(&o.addr[i]) : 0;
+        if (ret < 0) {
+            fprintf(stderr, "ktla-serve: cannot listen on %s: %s\n", o.listen[i],
+                    strerror(-ret));
+            goto err_log;
+        }
     }
     for (int i = 0; i < ninherited; i++) {
         if (o.sndbuf &&
@@ -1066,27 +1345,36 @@ int main(int argc, char **argv)
         }
     }
     workers = calloc(nworkers, sizeof(*workers));
-    if (!workers)
-        goto err_log;
+    mv = calloc(nworkers, sizeof(*mv));
+    if (!workers || !mv)
+        goto err_workers;
     for (unsigned i = 0; i < nworkers; i++)
-        workers[i].listen_fd = -1;
+        for (unsigned j = 0; j < MAX_LISTEN; j++)
+            workers[i].listen_fd[j] = -1;
     for (unsigned i = 0; i < nworkers; i++) {
         struct worker *w = &workers[i];
         w->cfg = &cfg;
         w->stop = &cfg.stop;
         w->index = (int)i;
+        mv[i] = &w->metrics;
         if (ninherited) {
-            w->listen_fd = fcntl(inherited[i % (unsigned)ninherited], F_DUPFD_CLOEXEC, 0);
-            if (w->listen_fd < 0) {
+            w->nlisten = 1;
+            w->listen_fd[0] = fcntl(inherited[i % (unsigned)ninherited], F_DUPFD_CLOEXEC, 0);
+            if (w->listen_fd[0] < 0) {
                 fprintf(stderr, "ktla-serve: cannot duplicate the socket from systemd: %s\n",
                         strerror(errno));
                 goto err_workers;
             }
-        } else {
-            w->listen_fd = open_listener(&o.addr, o.sndbuf);
-            if (w->listen_fd < 0) {
-                fprintf(stderr, "ktla-serve: cannot listen on %s: %s\n", o.listen,
-                        strerror(-w->listen_fd));
+            continue;
+        }
+        /* Each worker its own socket on every address: SO_REUSEPORT deals each address's
+         * connections over the workers. */
+        w->nlisten = o.nlisten;
+        for (unsigned j = 0; j < o.nlisten; j++) {
+            w->listen_fd[j] = open_listener(&o.addr[j], o.sndbuf);
+            if (w->listen_fd[j] < 0) {
+                fprintf(stderr, "ktla-serve: cannot listen on %s: %s\n", o.listen[j],
+                        strerror(-w->listen_fd[j]));
                 goto err_workers;
             }
         }
@@ -1097,6 +1385,14 @@ int main(int argc, char **argv)
         if (redirect_fd < 0) {
             fprintf(stderr, "ktla-serve: cannot listen on --redirect-http %s: %s\n", o.redirect,
                     strerror(-redirect_fd));
+            goto err_workers;
+        }
+    }
+    if (o.metrics) {
+        metrics_fd = open_plain_listener(&o.maddr);
+        if (metrics_fd < 0) {
+            fprintf(stderr, "ktla-serve: cannot listen on --metrics %s: %s\n", o.metrics,
+                    strerror(-metrics_fd));
             goto err_workers;
         }
     }
@@ -1112,9 +1408,13 @@ int main(int argc, char **argv)
     if (o.user && (drop_root(&o) < 0 || check_dir(o.dir, cfg.root_fd) < 0))
         goto err_workers;
     /* The rings are made as the user that runs them. */
-    for (; ninit < nworkers; ninit++)
-        if (worker_init(&workers[ninit]) < 0)
+    for (; ninit < nworkers; ninit++) {
+        if (worker_init(&workers[ninit]) < 0) {
+            if (workers[ninit].failed)
+                ninit++; /* made in part: run down below like the others */
             goto err_workers;
+        }
+    }
 
     char url[NI_MAXHOST + 32], dir[PATH_MAX];
     if (ninherited) {
@@ -1125,9 +1425,15 @@ int main(int argc, char **argv)
     if (!realpath(o.dir, dir))
         snprintf(dir, sizeof(dir), "%s", o.dir);
     printf("ktla-serve %s: serving %s at %s%s\n", ktla_version(), dir, url,
-           ninherited          ? " (socket from systemd)"
-           : o.addr.dual_stack ? " (every IPv4 and IPv6 address)"
-                               : "");
+           ninherited             ? " (socket from systemd)"
+           : o.addr[0].dual_stack ? " (every IPv4 and IPv6 address)"
+                                  : "");
+    for (unsigned i = 1; !ninherited && i < o.nlisten; i++) {
+        char more[NI_MAXHOST + 32];
+        print_url(&o.addr[i].ss, more, sizeof(more));
+        printf("  and:         %s%s\n", more,
+               o.addr[i].dual_stack ? " (every IPv4 and IPv6 address)" : "");
+    }
     for (int i = 1; i < ninherited; i++) {
         struct sockaddr_storage other;
         socklen_t sl = sizeof(other);
@@ -1157,9 +1463,10 @@ int main(int argc, char **argv)
                "to %u connections\n",
                nworkers, ninherited, ninherited > 1 ? "s" : "", cfg.max_conns * nworkers);
     else
-        printf("  workers:     %u (one io_uring and one SO_REUSEPORT socket each), up to %u "
+        printf("  workers:     %u (one io_uring and one SO_REUSEPORT socket%s each), up to %u "
                "connections\n",
-               nworkers, cfg.max_conns * nworkers);
+               nworkers, o.nlisten > 1 ? " per address" : "",
+               cfg.max_conns * nworkers);
     if (o.redirect) {
         struct sockaddr_storage rss;
         socklen_t sl = sizeof(rss);
@@ -1168,12 +1475,21 @@ int main(int argc, char **argv)
         print_url(&rss, rurl, sizeof(rurl));
         printf("  redirect:    http%s: 301 to https on port %u\n", rurl + 5, sockaddr_port(ss));
     }
+    if (o.metrics) {
+        struct sockaddr_storage mss;
+        socklen_t sl = sizeof(mss);
+        char murl[NI_MAXHOST + 32];
+        getsockname(metrics_fd, (struct sockaddr *)&mss, &sl);
+        print_url(&mss, murl, sizeof(murl));
+        printf("  metrics:     http%smetrics (Prometheus text, plain HTTP: keep it private)\n",
+               murl + 5);
+    }
     if (o.user)
         printf("  user:        %s (uid %u, gid %u): root dropped after binding and loading keys\n",
                o.user, (unsigned)o.uid, (unsigned)o.gid);
     if (!o.ncert) {
         char try_url[NI_MAXHOST + 32];
-        print_try_url(ss, workers[0].listen_fd, try_url, sizeof(try_url));
+        print_try_url(ss, workers[0].listen_fd[0], try_url, sizeof(try_url));
         printf("  try:         curl --insecure %s\n", try_url);
     }
     fflush(stdout);
@@ -1199,6 +1515,17 @@ int main(int argc, char **argv)
         redirect_fd = -1;
         if (ret < 0) {
             fprintf(stderr, "ktla-serve: cannot start the --redirect-http thread: %s\n",
+                    strerror(-ret));
+            atomic_store(&cfg.stop, 2);
+            redirect_failed = true;
+        }
+    }
+    if (nstarted == nworkers && !redirect_failed && metrics_fd >= 0) {
+        /* The thread owns the socket from here, whatever happens. */
+        ret = metrics_start(metrics_fd, mv, nworkers, &metrics);
+        metrics_fd = -1;
+        if (ret < 0) {
+            fprintf(stderr, "ktla-serve: cannot start the --metrics thread: %s\n",
                     strerror(-ret));
             atomic_store(&cfg.stop, 2);
             redirect_failed = true;
@@ -1260,9 +1587,13 @@ int main(int argc, char **argv)
             (unsigned long long)fallbacks, (unsigned long long)served);
 
     redirect_stop(redirect);
+    /* Kept up through the drain: its figures are the drain's too. */
+    metrics_stop(metrics);
 err_workers:
     if (redirect_fd >= 0)
         close(redirect_fd);
+    if (metrics_fd >= 0)
+        close(metrics_fd);
     /* Workers made but never started drain (nothing) on this thread, so nothing leaks. */
     atomic_store(&cfg.stop, 2);
     for (unsigned i = nstarted; i < ninit; i++)
@@ -1274,9 +1605,11 @@ err_workers:
             worker_release(&workers[i]);
     }
     for (unsigned i = 0; workers && i < nworkers; i++)
-        if (workers[i].listen_fd >= 0)
-            close(workers[i].listen_fd);
+        for (unsigned j = 0; j < MAX_LISTEN; j++)
+            if (workers[i].listen_fd[j] >= 0)
+                close(workers[i].listen_fd[j]);
     free(workers);
+    free(mv);
     if (o.pid_file)
         pid_file_remove(o.pid_file, pid_fd);
 err_log:
@@ -1294,5 +1627,6 @@ err_root:
         close(inherited[i]);
     if (notify_fd >= 0)
         close(notify_fd);
+    config_free();
     return status;
 }

@@ -1,9 +1,9 @@
 /*
- * One worker: its own io_uring, its own listening socket (SO_REUSEPORT spreads connections over
- * the workers) and its own ktla acceptor on that ring, so nothing on the request path is shared
- * between threads but the TLS context, which ktla makes thread-safe. ktla's completions and this
- * file's own (a one-second tick for timeouts, an eventfd for signals) come out of the same ring and
- * are told apart by ktla_dispatch.
+ * One worker: its own io_uring, its own listening socket per address (SO_REUSEPORT spreads
+ * connections over the workers) and its own ktla acceptor for each on that ring, so nothing on
+ * the request path is shared between threads but the TLS context, which ktla makes thread-safe.
+ * ktla's completions and this file's own (a one-second tick for timeouts, an eventfd for signals)
+ * come out of the same ring and are told apart by ktla_dispatch.
  *
  * A connection goes READ (request head into `in`, through http_reader) -> WRITE (head with
  * ktla_conn_send, body in slices with ktla_conn_sendfile) -> READ again for the next request,
@@ -146,8 +146,9 @@ static void log_request(struct sconn *c, const char *end)
     const struct ktla_conn_info *i = ktla_conn_get_info(c->kc);
     const struct http_request *q = &c->rd->req;
 
+    uint64_t duration_ns = now_ns() - c->req_start_ns;
     w->served++;
-    w->bytes += c->head_len + c->body_sent;
+    metrics_response(&w->metrics, c->status, duration_ns, c->head_len + c->body_sent);
     if (w->cfg->log_fd < 0)
         return;
     struct log_entry e = {
@@ -164,7 +165,7 @@ static void log_request(struct sconn *c, const char *end)
         .tls_version = i->version == KTLA_TLS1_3 ? "TLSv1.3" : "TLSv1.2",
         .cipher = i->cipher_name,
         .mode = mode_name(i),
-        .duration_ns = now_ns() - c->req_start_ns,
+        .duration_ns = duration_ns,
         .end = end,
     };
     if (sizeof(w->logbuf) - w->loglen < 1024)
@@ -285,6 +286,7 @@ static void conn_close(struct sconn *c, const char *why)
     log_cut(c, why);
     conn_unlink(c);
     w->nconns--;
+    metric_add(&w->metrics.closed, 1);
     ktla_conn_close(c->kc);
     http_reader_free(c->rd);
     c->rd = NULL;
@@ -312,6 +314,7 @@ static void on_closed(struct ktla_conn *kc, int result, void *arg)
     if (c->next)
         c->next->prev = c->prev;
     w->nconns--;
+    metric_add(&w->metrics.closed, 1);
     sconn_free(c);
 }
 
@@ -451,6 +454,28 @@ static void on_head_sent(struct ktla_conn *kc, ssize_t n, void *arg)
     finish_response(c);
 }
 
+/* The head and the body's first slice went out together (ktla_conn_sendfile_head). */
+static void on_head_body_sent(struct ktla_conn *kc, ssize_t n, void *arg)
+{
+    struct sconn *c = arg;
+    (void)kc;
+    c->send_pending = false;
+    unsigned out_len = c->out_len;
+    free(c->out);
+    c->out = NULL;
+    if (n < (ssize_t)out_len)
+        return conn_close(c, send_failure(n < 0 ? n : -EPIPE));
+    c->active_ns = now_ns();
+    c->head_len = out_len;
+    uint64_t body = (uint64_t)n - out_len;
+    c->body_off += body;
+    c->body_left -= body;
+    c->body_sent = body;
+    if (c->body_left)
+        return send_body_slice(c);
+    finish_response(c);
+}
+
 /* ---- answering one request */
 
 static void respond(struct sconn *c)
@@ -499,7 +524,15 @@ static void respond(struct sconn *c)
     if (!c->out)
         return conn_close(c, "error");
     memcpy(c->out, head, c->out_len);
-    int ret = ktla_conn_send(c->kc, c->out, c->out_len, on_head_sent, c);
+    int ret;
+    if (c->body_left && !c->head_only && c->out_len <= KTLA_SENDFILE_HEAD_MAX) {
+        /* Head and body in one stream: a small response is one TLS record, not two. */
+        size_t count = c->body_left > BODY_SLICE ? BODY_SLICE : (size_t)c->body_left;
+        ret = ktla_conn_sendfile_head(c->kc, c->out, c->out_len, c->file_fd, c->body_off, count,
+                                      on_head_body_sent, c);
+    } else {
+        ret = ktla_conn_send(c->kc, c->out, c->out_len, on_head_sent, c);
+    }
     if (ret < 0) {
         free(c->out);
         c->out = NULL;
@@ -564,13 +597,32 @@ static void on_recv(struct ktla_conn *kc, ssize_t n, void *arg)
     process_input(c, c->in_len == c->in_cap);
 }
 
+/* What --metrics says of each established connection: resumed or not, and who carries TLS. */
+static void count_conn(struct worker *w, const struct ktla_conn_info *i)
+{
+    struct worker_metrics *m = &w->metrics;
+    bool tx = i->tx_mode == KTLA_MODE_KERNEL, rx = i->rx_mode == KTLA_MODE_KERNEL;
+    metric_add(&m->established, 1);
+    if (i->resumed)
+        metric_add(&m->resumed, 1);
+    metric_add(&m->mode[tx && rx ? MODE_KERNEL : tx ? MODE_KERNEL_TX : rx ? MODE_KERNEL_RX
+                                                                        : MODE_USERSPACE],
+               1);
+    if (!tx)
+        metric_add(&m->fallback[0][metrics_reason_index(i->tx_reason)], 1);
+    if (!rx)
+        metric_add(&m->fallback[1][metrics_reason_index(i->rx_reason)], 1);
+}
+
 static void on_conn(struct ktla_conn *kc, void *arg)
 {
     struct worker *w = arg;
     struct sconn *c = malloc(sizeof(*c));
 
+    count_conn(w, ktla_conn_get_info(kc));
     if (!c) {
         ktla_conn_close(kc);
+        metric_add(&w->metrics.closed, 1);
         return;
     }
     c->w = w;
@@ -606,30 +658,60 @@ static void on_conn(struct ktla_conn *kc, void *arg)
 
 static void on_fail(const char *peer, int code, const char *detail, void *arg)
 {
-    (void)arg;
+    struct worker *w = arg;
     if (code == KTLA_ECLOSED)
         return; /* our own shutdown */
+    metric_add(&w->metrics.failed[metrics_reason_index(code)], 1);
     fprintf(stderr, "ktla-serve: %s: handshake failed: %s%s%s\n", peer, ktla_strerror(code),
             detail && *detail ? ": " : "", detail ? detail : "");
 }
 
 /* ---- the worker's own events */
 
+/* The acceptors' figures, summed into w->stats, and the accepted count for --metrics: after
+ * each turn, so that a scrape is at most one turn behind. Once the acceptors are gone w->stats
+ * keeps their last figures. */
+static void publish_stats(struct worker *w)
+{
+    struct ktla_acceptor_stats sum = {0}, one;
+    bool any = false;
+    for (unsigned i = 0; i < w->nlisten; i++) {
+        if (!w->acc[i])
+            continue;
+        ktla_acceptor_get_stats(w->acc[i], &one);
+        sum.accepted += one.accepted;
+        sum.handshakes_done += one.handshakes_done;
+        sum.handshakes_failed += one.handshakes_failed;
+        sum.timeouts += one.timeouts;
+        sum.ktls_both += one.ktls_both;
+        sum.ktls_fallbacks += one.ktls_fallbacks;
+        sum.early_data_bytes += one.early_data_bytes;
+        sum.in_flight += one.in_flight;
+        any = true;
+    }
+    if (!any)
+        return;
+    w->stats = sum;
+    metric_set(&w->metrics.accepted, sum.accepted);
+}
+
 static void begin_drain(struct worker *w)
 {
     w->draining = true;
     w->drain_deadline_ns = now_ns() + (uint64_t)w->cfg->drain_timeout_s * NS;
-    if (w->acc) {
-        ktla_acceptor_get_stats(w->acc, &w->stats);
-        ktla_acceptor_free(w->acc);
-        w->acc = NULL;
-    }
-    /* The listening socket goes now, not at exit: clients then find the port closed (or a
-     * server that took it over: --takeover) instead of connecting to a server that will never
-     * accept them. A socket from systemd is a copy: systemd's own stays open for the next one. */
-    if (w->listen_fd >= 0) {
-        close(w->listen_fd);
-        w->listen_fd = -1;
+    publish_stats(w);
+    for (unsigned i = 0; i < w->nlisten; i++) {
+        if (w->acc[i]) {
+            ktla_acceptor_free(w->acc[i]);
+            w->acc[i] = NULL;
+        }
+        /* Every listening socket goes now, not at exit: clients then find the port closed (or a
+         * server that took it over: --takeover) instead of connecting to a server that will
+         * never accept them. A socket from systemd is a copy: systemd's own stays open. */
+        if (w->listen_fd[i] >= 0) {
+            close(w->listen_fd[i]);
+            w->listen_fd[i] = -1;
+        }
     }
     /* Idle keep-alive connections go now; the others once their response is out. */
     for (struct sconn *c = w->conns, *next; c; c = next) {
@@ -734,6 +816,7 @@ static void look_at_stop(struct worker *w)
             w->closing = c->next;
             ktla_conn_close(c->kc);
             w->nconns--;
+            metric_add(&w->metrics.closed, 1);
             sconn_free(c);
         }
     }
@@ -806,6 +889,7 @@ void worker_run(struct worker *w)
             atomic_store(w->stop, 2);
         }
         handle_completions(w);
+        publish_stats(w);
         look_at_stop(w);
         if (!w->tick_armed)
             arm_tick(w);
@@ -853,7 +937,6 @@ int worker_init(struct worker *w)
         goto err_ring;
     }
     struct ktla_acceptor_config ac = {
-        .listen_fd = w->listen_fd,
         .ctx = w->cfg->ctx,
         .ring = &w->ring,
         .ktls = w->cfg->ktls,
@@ -863,11 +946,6 @@ int worker_init(struct worker *w)
         .on_fail = on_fail,
         .arg = w,
     };
-    ret = ktla_acceptor_new(&ac, &w->acc);
-    if (ret < 0) {
-        fprintf(stderr, "ktla-serve: cannot start accepting: %s\n", ktla_strerror(ret));
-        goto err_eventfd;
-    }
     /* A browser pointed at http:// on this port reads why instead of an empty reply (what
      * nginx answers with its 400 "plain HTTP request was sent to HTTPS port"). */
     static const char plain_400[] = "HTTP/1.1 400 Bad Request\r\n"
@@ -875,14 +953,30 @@ int worker_init(struct worker *w)
                                     "Content-Length: 57\r\n"
                                     "Connection: close\r\n\r\n"
                                     "This port speaks HTTPS: use an https:// URL to reach it.\n";
-    ktla_acceptor_set_plain_reply(w->acc, plain_400, sizeof(plain_400) - 1);
+    /* ktla_dispatch routes each completion to its own acceptor, so they share the ring. */
+    for (unsigned i = 0; i < w->nlisten; i++) {
+        ac.listen_fd = w->listen_fd[i];
+        ret = ktla_acceptor_new(&ac, &w->acc[i]);
+        if (ret < 0) {
+            fprintf(stderr, "ktla-serve: cannot start accepting: %s\n", ktla_strerror(ret));
+            if (i == 0)
+                goto err_eventfd;
+            /* The acceptors made have accepts queued on the ring: only running it down (which
+             * the caller does for a worker marked failed) gives them back. */
+            w->nlisten = i;
+            w->failed = true;
+            goto arm;
+        }
+        ktla_acceptor_set_plain_reply(w->acc[i], plain_400, sizeof(plain_400) - 1);
+    }
+arm:
     w->tick_op.kind = OWN_TICK;
     w->wake_op.kind = OWN_WAKE;
     w->cancel_op.kind = OWN_CANCEL;
     w->tick_ts = (struct __kernel_timespec){.tv_sec = 1};
     arm_tick(w);
     arm_wake(w);
-    return 0;
+    return w->failed ? ret : 0;
 
 err_eventfd:
     close(w->wake_fd);

@@ -8,7 +8,10 @@
 
 #include <ktla.h>
 
+#include "metrics.h"
 #include "serve.h"
+
+#define WORKER_LISTEN_MAX 16 /* addresses (--listen) each worker accepts on */
 
 /* What every worker reads and none writes, except the atomics. */
 struct serve_config {
@@ -31,14 +34,16 @@ struct worker {
     const struct serve_config *cfg;
     atomic_int *stop;
     int index;
-    int listen_fd;
+    /* One listening socket and one acceptor per address, all on the worker's ring. */
+    int listen_fd[WORKER_LISTEN_MAX];
+    unsigned nlisten;
     int wake_fd; /* eventfd: main.c rings it to make the worker look at `stop` */
     pthread_t thread;
     atomic_int exited;
     bool failed; /* the ring failed: the exit status says so */
     struct io_uring ring;
-    struct ktla_acceptor *acc;
-    struct ktla_acceptor_stats stats; /* kept when the acceptor goes away */
+    struct ktla_acceptor *acc[WORKER_LISTEN_MAX];
+    struct ktla_acceptor_stats stats; /* of every acceptor, kept when they go away */
     struct sconn *conns;              /* established connections */
     struct sconn *closing;            /* shutting down gracefully, until ktla says they are gone */
     struct sconn *grave;              /* closed, waiting until ktla can no longer touch them */
@@ -56,7 +61,8 @@ struct worker {
     bool tick_armed, wake_armed;
     uint64_t wake_val;
     struct __kernel_timespec tick_ts;
-    uint64_t served, bytes;
+    uint64_t served;
+    struct worker_metrics metrics; /* written by this worker only, read by --metrics */
     /* Receive buffers lent to connections while a request arrives; an idle connection holds
      * none (it waits with ktla_conn_recv_ready), so 10,000 idle ones cost no buffers. */
     void *in_pool;
@@ -69,7 +75,9 @@ struct worker {
     char head[2048];
 };
 
-/* Makes the ring and the acceptor on w->listen_fd; 0, or a ktla code with the reason printed. */
+/* Makes the ring and an acceptor on each of w->listen_fd[0..nlisten); 0, or a ktla code with the
+ * reason printed. With w->failed set as well, the worker was made in part (some acceptors): run it
+ * down with worker_run, then worker_release it. */
 int worker_init(struct worker *w);
 /* Runs the worker on its own thread until it has drained. 0 or -errno. */
 int worker_start(struct worker *w);
@@ -79,7 +87,7 @@ void worker_run(struct worker *w);
 void worker_wake(struct worker *w);
 /* Waits for the thread, then worker_release. */
 void worker_join(struct worker *w);
-/* Frees what worker_init made (the listening socket stays the caller's). */
+/* Frees what worker_init made (the listening sockets stay the caller's). */
 void worker_release(struct worker *w);
 
 #endif

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The per-connection system-call budget (issue 15, item 1): ktla-serve and nginx each under
+# strace -c -f while ktla-bench makes full TLS 1.3 handshakes (X25519, AES-128-GCM) with a 1 KiB
+# GET each, then every call's count divided by the handshakes made. Counts, not times: strace
+# slows both servers alike, and what it counts does not depend on the machine's load.
+#
+# usage: bench/syscalls.sh [BUILD_DIR] [SECONDS]   (defaults: build, 5)
+# Prints a table: system call, calls per connection for ktla-serve and for nginx.
+set -uo pipefail
+build=$(cd "${1:-build}" && pwd)
+secs=${2:-5}
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
+mkdir -p "$work/www" "$work/nginx"
+head -c 1024 /dev/urandom >"$work/www/1k.bin"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+    -days 1 -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+port=$((20000 + RANDOM % 20000))
+cat >"$work/nginx/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+$([ "$(id -u)" = 0 ] && echo "user root;")
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    sendfile on;
+    client_body_temp_path $work/nginx/body;
+    proxy_temp_path $work/nginx/proxy;
+    fastcgi_temp_path $work/nginx/fastcgi;
+    uwsgi_temp_path $work/nginx/uwsgi;
+    scgi_temp_path $work/nginx/scgi;
+    server {
+        listen 127.0.0.1:$port ssl;
+        ssl_certificate $work/cert.pem;
+        ssl_certificate_key $work/key.pem;
+        ssl_protocols TLSv1.3;
+        ssl_ecdh_curve X25519;
+        root $work/www;
+    }
+}
+EOF
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
+
+# measure NAME COMMAND...: the server under strace; prints "handshakes" then strace's table.
+measure() {
+    local name=$1
+    shift
+    strace -f -c -o "$work/$name.strace" "$@" >"$work/$name.log" 2>&1 &
+    local pid=$!
+    for _ in $(seq 100); do listening && break; sleep 0.1; done
+    "$build/ktla-bench" -m handshake -c 8 -d "$secs" -w 0 --tls 1.3 --groups X25519 \
+        --ciphers TLS_AES_128_GCM_SHA256 --json "$work/$name.json" -q \
+        "https://127.0.0.1:$port/1k.bin" >/dev/null 2>&1
+    # The server, not strace: strace ends with it and writes its table.
+    pkill -TERM -P $pid 2>/dev/null
+    wait $pid 2>/dev/null
+    for _ in $(seq 50); do listening || break; sleep 0.1; done
+}
+measure ktla "$build/ktla-serve" --listen "127.0.0.1:$port" --workers 1 --cert "$work/cert.pem" \
+    --key "$work/key.pem" "$work/www"
+measure nginx nginx -p "$work/nginx" -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf"
+
+hs() { sed -n 's/.*"handshakes": \([0-9]*\).*/\1/p' "$work/$1.json"; }
+hk=$(hs ktla) hn=$(hs nginx)
+# The whole run is counted, start-up included (a few dozen calls, the same for both), and
+# divided by the handshakes of the whole run (no warm-up window).
+echo "### System calls per connection: full TLS 1.3 handshake + 1 KiB GET, ${secs} s"
+echo
+echo "$(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$build/.." rev-parse --short HEAD 2>/dev/null || echo '?'); handshakes measured: ktla-serve $hk, nginx $hn"
+echo
+echo "| system call | ktla-serve | nginx |"
+echo "| --- | ---: | ---: |"
+awk -v hk="$hk" -v hn="$hn" '
+    FNR == 1 { side = (FILENAME ~ /ktla/) ? "k" : "n" }
+    $1 ~ /^[0-9.]+$/ && NF >= 5 && $NF != "total" {
+        name = $NF; calls = (NF == 6) ? $4 : $4
+        c[side, name] += calls; names[name] = 1
+    }
+    END {
+        for (n in names) {
+            k = c["k", n] / (hk ? hk : 1); g = c["n", n] / (hn ? hn : 1)
+            if (k >= 0.05 || g >= 0.05) printf "| %s | %.2f | %.2f |\n", n, k, g
+            tk += k; tn += g
+        }
+        printf "| **all** | **%.1f** | **%.1f** |\n", tk, tn
+    }' "$work/ktla.strace" "$work/nginx.strace" | sort -t'|' -k3 -rn
