@@ -418,7 +418,9 @@ typedef void (*ktla_close_cb)(struct ktla_conn *conn, int result, void *arg);
  * Ends the connection gracefully, the same in kernel and userspace mode: sends close_notify,
  * shuts down the sending side (TCP FIN after every byte already queued), then reads and drops
  * whatever the peer still sends (its close_notify, stray requests, its FIN) until it closes its
- * side, linger_ms pass or 256 KiB have been dropped, and only then closes the socket. Closing a
+ * side, linger_ms pass without progress (a slow reader still taking what the response left
+ * queued is waited for, up to ten times linger_ms in all) or 256 KiB have been dropped, and only
+ * then closes the socket. Closing a
  * socket whose receive queue holds unread bytes makes the kernel answer with a reset, which
  * destroys the response still queued on both sides (the client's kernel drops what its
  * application has not read yet): this is how a server avoids that, and what nginx's
@@ -451,9 +453,10 @@ KTLA_API int ktla_conn_sendfile_head(struct ktla_conn *conn, const void *head, s
 
 /* Sends close_notify, closes the socket and frees the connection once nothing of it is in
  * flight: an abortive close, for errors and clients that stopped reading. Unread input makes
- * the kernel reset the connection; ktla_conn_shutdown is the graceful end. No callback of this connection runs after this call, and (on Linux 6.0 and later,
- * where io_uring can cancel synchronously) no buffer the application passed is touched after it
- * returns. Never fails; conn is gone. */
+ * the kernel reset the connection; ktla_conn_shutdown is the graceful end. No callback of this
+ * connection runs after this call, and (on Linux 6.0 and later, where io_uring can cancel
+ * synchronously) no buffer the application passed is touched after it returns. Never fails;
+ * conn is gone. */
 KTLA_API void ktla_conn_close(struct ktla_conn *conn);
 
 /* Opaque per-connection pointer for the application. */

@@ -173,7 +173,7 @@ if [ "${KTLA_SKIP_GUEST:-}" = 1 ] && [ "${CI:-}" != "true" ]; then
 else
     echo "== inside the guest kernel (kernel TLS mandatory): kernel, acceptor, interop, serve, hostile"
     rm -f build/vm/kernel.tap build/vm/acceptor.tap build/vm/conformance.tap build/vm/interop.tap \
-        build/vm/serve.tap build/vm/halfclose.tap build/vm/hostile.tap
+        build/vm/serve.tap build/vm/halfclose.tap build/vm/example.tap build/vm/hostile.tap
     start=$(date +%s)
     if ! scripts/vm.sh -- env ASAN_OPTIONS="$ASAN_OPTIONS" UBSAN_OPTIONS="$UBSAN_OPTIONS" \
         scripts/guest-suites.sh build/asan build/vm >build/results/guest-console.log 2>&1; then
@@ -183,7 +183,7 @@ else
     fi
     echo "  guest run: $(($(date +%s) - start)) s"
     sanitizer_check guest build/results/guest-console.log
-    for suite in kernel acceptor conformance interop serve halfclose hostile; do
+    for suite in kernel acceptor conformance interop serve halfclose example hostile; do
         [ -f "build/vm/$suite.tap" ] || : >"build/vm/$suite.tap"
         cp "build/vm/$suite.tap" "build/results/$suite-guest.tap"
         grep -E '^not ok' -A8 "build/vm/$suite.tap" | head -40 || true

@@ -9,7 +9,9 @@
  * One request per connection (Connection: close), no parsing beyond the end of the head: ktla-serve
  * (src/serve/) is the whole HTTP/1.1 server.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* memmem */
+#endif
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>

@@ -223,6 +223,26 @@ else
     not_ok "the unit's ExecStart, socket-activated as user ktla" \
         "ExecStart=$exec_start User=$user systemd-socket-activate: $(command -v systemd-socket-activate)"
 fi
+# The same server started as root by the socket activation, dropping to --user ktla itself
+# (what an operator does without systemd's User=).
+sa2_port=$((sa_port + 1))
+if [ -n "$sa_port" ] && command -v systemd-socket-activate >/dev/null; then
+    (
+        exec $sudo systemd-socket-activate -l "127.0.0.1:$sa2_port" \
+            /usr/bin/ktla-serve --user ktla "$www"
+    ) >"$work/sa2.out" 2>&1 &
+    sa2pid=$!
+    pids+=("$sa2pid")
+    wait_for 10 grep -q "Listening on 127.0.0.1:$sa2_port" "$work/sa2.out"
+    if fetch "$sa2_port" && [ -n "$(runs_as_ktla)" ] && stop "$sa2pid"; then
+        ok "installed ktla-serve socket-activated as root, dropping to --user ktla: serves, exits 0"
+    else
+        not_ok "installed ktla-serve socket-activated, dropping to --user ktla" \
+            "$(cat "$work/curl.err" "$work/sa2.out" 2>/dev/null)"
+    fi
+else
+    not_ok "installed ktla-serve socket-activated, dropping to --user ktla" "no free port or no systemd-socket-activate"
+fi
 timing "serve"
 
 # ---- an example against the installed libktla-dev: pkg-config (make) and find_package(ktla)
