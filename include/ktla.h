@@ -354,6 +354,16 @@ KTLA_API int ktla_dispatch(struct io_uring_cqe *cqe);
  */
 KTLA_API void ktla_submit_if_late(struct io_uring *ring, uint64_t *mark_ns);
 
+/*
+ * Stops accepting, and only that: the accepts armed on the listening socket are cancelled (the
+ * application may close the socket afterwards), while the handshakes in flight go on and end in
+ * on_conn or on_fail as usual (ktla_acceptor_get_stats' in_flight counts them). For a graceful
+ * drain: stop, close the listening socket, let the handshakes finish and serve what arrives,
+ * then ktla_acceptor_free. A connection the kernel had accepted before the cancellation is still
+ * handed over. NULL or a second call is a no-op.
+ */
+KTLA_API void ktla_acceptor_stop(struct ktla_acceptor *acc);
+
 /* Stops accepting, aborts handshakes in flight (their on_fail is called with KTLA_ECLOSED) and
  * frees the acceptor once its ring has nothing of it left in flight. Established connections
  * are the application's and stay open, but they run on the acceptor's ring: with an own ring,

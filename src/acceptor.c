@@ -426,7 +426,7 @@ err_close:
 
 static void arm_accept(struct ktla_acceptor *acc)
 {
-    if (acc->freeing || acc->accept_stalled || acc->accept_broken)
+    if (acc->freeing || acc->stopped || acc->accept_stalled || acc->accept_broken)
         return;
     while (acc->accepts_armed < ACCEPT_DEPTH &&
            acc->stats.in_flight + acc->accepts_armed < acc->cfg.max_handshakes) {
@@ -677,6 +677,17 @@ int ktla_acceptor_set_plain_reply(struct ktla_acceptor *acc, const void *reply, 
     acc->plain_reply = copy;
     acc->plain_reply_len = len;
     return 0;
+}
+
+void ktla_acceptor_stop(struct ktla_acceptor *acc)
+{
+    if (!acc || acc->stopped)
+        return;
+    acc->stopped = true;
+    cancel_accepts(acc);
+    /* Submitted now: the application may close the listening socket as soon as this returns,
+     * and the cancellation should not wait for the end of its loop turn. */
+    io_uring_submit(acc->ring);
 }
 
 void ktla_acceptor_free(struct ktla_acceptor *acc)

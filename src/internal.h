@@ -151,6 +151,7 @@ struct ktla_acceptor {
     struct ktla_conn *dl_head, *dl_tail;
     struct ktla_acceptor_stats stats;
     unsigned inflight; /* acceptor-level ops in flight */
+    bool stopped;      /* ktla_acceptor_stop: no more accepts; handshakes in flight go on */
     char *plain_reply; /* for a client that sent a plain-text request instead of TLS */
     size_t plain_reply_len;
 };

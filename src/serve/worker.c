@@ -61,6 +61,7 @@ struct sconn {
     bool ready_pending;              /* waiting for input, holding no buffer */
     bool trimmed;                    /* ...and ktla's userspace buffers given back */
     bool close_after, head_only;
+    bool fresh; /* no request answered yet: the drain lets it send its first */
     int file_fd;
     int status;
     unsigned in_len, in_off, in_cap; /* at most HTTP_HEAD_MAX */
@@ -485,6 +486,7 @@ static void respond(struct sconn *c)
     struct http_response resp = {.now = time(NULL)};
     struct files_body fb;
 
+    c->fresh = false;
     c->state = S_WRITE;
     c->body_sent = c->head_len = 0;
     c->out_len = c->inline_body = 0;
@@ -553,7 +555,7 @@ static void process_input(struct sconn *c, bool filled)
         c->in_off = c->in_len = 0;
     if (c->rd->done)
         return respond(c);
-    if (c->w->draining && c->rd->head_bytes == 0)
+    if (c->w->draining && c->rd->head_bytes == 0 && !c->fresh)
         return conn_end(c);
     if (filled)
         grow_in(c);
@@ -575,7 +577,7 @@ static void read_next(struct sconn *c)
         c->req_start_ns = now_ns();
         return process_input(c, false);
     }
-    if (c->w->draining)
+    if (c->w->draining && !c->fresh)
         return conn_end(c);
     post_recv(c);
 }
@@ -643,6 +645,7 @@ static void on_conn(struct ktla_conn *kc, void *arg)
     c->in_cap = 0;
     c->in_len = c->in_off = 0;
     c->seen_sent = 0;
+    c->fresh = true;
     c->active_ns = now_ns();
     if (w->nconns > w->cfg->max_conns) {
         /* Over the limit: a short answer rather than a silent reset. */
@@ -695,16 +698,27 @@ static void publish_stats(struct worker *w)
     metric_set(&w->metrics.accepted, sum.accepted);
 }
 
+/* The acceptors go, their figures kept in w->stats; handshakes still in flight are aborted. */
+static void free_acceptors(struct worker *w)
+{
+    publish_stats(w);
+    for (unsigned i = 0; i < w->nlisten; i++) {
+        ktla_acceptor_free(w->acc[i]);
+        w->acc[i] = NULL;
+    }
+    w->stats.in_flight = 0;
+}
+
 static void begin_drain(struct worker *w)
 {
     w->draining = true;
     w->drain_deadline_ns = now_ns() + (uint64_t)w->cfg->drain_timeout_s * NS;
     publish_stats(w);
     for (unsigned i = 0; i < w->nlisten; i++) {
-        if (w->acc[i]) {
-            ktla_acceptor_free(w->acc[i]);
-            w->acc[i] = NULL;
-        }
+        /* No more accepts; handshakes in flight finish (a client that connected a moment ago
+         * gets its answer, with Connection: close), then the acceptor goes (worker_run). */
+        if (w->acc[i])
+            ktla_acceptor_stop(w->acc[i]);
         /* Every listening socket goes now, not at exit: clients then find the port closed (or a
          * server that took it over: --takeover) instead of connecting to a server that will
          * never accept them. A socket from systemd is a copy: systemd's own stays open. */
@@ -713,10 +727,13 @@ static void begin_drain(struct worker *w)
             w->listen_fd[i] = -1;
         }
     }
-    /* Idle keep-alive connections go now; the others once their response is out. */
+    /* Idle keep-alive connections go now; the others once their response is out. A connection
+     * that has not sent its first request yet was just opened to send one: it may, and gets
+     * its answer with Connection: close (or the drain's deadline). */
     for (struct sconn *c = w->conns, *next; c; c = next) {
         next = c->next;
-        if (c->state == S_READ && (!c->rd || c->rd->head_bytes == 0) && c->in_len == 0)
+        if (c->state == S_READ && !c->fresh && (!c->rd || c->rd->head_bytes == 0) &&
+            c->in_len == 0)
             conn_end(c);
         else
             c->close_after = true;
@@ -726,6 +743,9 @@ static void begin_drain(struct worker *w)
 static void tick(struct worker *w)
 {
     uint64_t now = now_ns(), idle = (uint64_t)w->cfg->idle_timeout_s * NS;
+
+    if (w->draining && now >= w->drain_deadline_ns)
+        free_acceptors(w); /* handshakes still in flight at the drain's deadline are cut */
 
     for (struct sconn *c = w->conns, *next; c; c = next) {
         next = c->next;
@@ -805,6 +825,7 @@ static void look_at_stop(struct worker *w)
         begin_drain(w);
     if (stop >= 2 && w->draining) {
         w->drain_deadline_ns = 0;
+        free_acceptors(w);
         for (struct sconn *c = w->conns, *next; c; c = next) {
             next = c->next;
             conn_close(c, "shutdown");
@@ -895,9 +916,10 @@ void worker_run(struct worker *w)
             arm_tick(w);
         if (w->cfg->log_fd >= 0 && w->loglen)
             log_flush(w);
-        if (w->draining && !w->conns && !w->closing)
+        if (w->draining && !w->conns && !w->closing && !w->stats.in_flight)
             break;
     }
+    free_acceptors(w);
     wind_down(w);
     atomic_store(&w->exited, 1);
 }
