@@ -464,8 +464,14 @@ static struct answer respond(const struct http_reader *rd, size_t short_cap)
  * and passes its own 16 KiB head limit before. Either answer refuses and closes. */
 static bool same_fault(int pieces, int whole)
 {
-    return pieces == whole || ((pieces == 414 || pieces == 431) &&
-                               (whole == 400 || whole == 413 || whole == 414 || whole == 431));
+    /* A head that is both malformed and over a limit may be refused for either, depending on
+     * which the reader meets first: in pieces the fault can come before the limit is reached
+     * (400 at 7 KiB of a 16.4 KiB head: found by this fuzzer), in one piece the size is seen
+     * first (431). Any of these refusals closes the connection with an error: both are right. */
+    bool head_fault_p = pieces == 400 || pieces == 414 || pieces == 431;
+    bool head_fault_w = whole == 400 || whole == 414 || whole == 431;
+    return pieces == whole || (head_fault_p && head_fault_w) ||
+           ((pieces == 414 || pieces == 431) && whole == 413);
 }
 
 static void compare(const struct answer *got, const struct answer *want, size_t nwant, size_t i)
