@@ -371,6 +371,17 @@ KTLA_API void ktla_acceptor_stop(struct ktla_acceptor *acc);
  * NULL is a no-op. */
 KTLA_API void ktla_acceptor_free(struct ktla_acceptor *acc);
 
+/* The end of an acceptor freed with ktla_acceptor_free_then: nothing of it is in flight any
+ * more, so the application may tear its ring down. */
+typedef void (*ktla_done_cb)(void *arg);
+
+/* ktla_acceptor_free with an end-of-life callback (libuv's uv_close is the model). On the
+ * application's ring, cb runs once from ktla_dispatch, never inside this call, when the last
+ * operation of the acceptor has come back: the signal an application waits for before
+ * io_uring_queue_exit, instead of guessing with a quiet period. With an own ring everything is
+ * drained before this returns, and cb runs just before it does. cb may be NULL. */
+KTLA_API void ktla_acceptor_free_then(struct ktla_acceptor *acc, ktla_done_cb cb, void *arg);
+
 KTLA_API void ktla_acceptor_get_stats(const struct ktla_acceptor *acc,
                                       struct ktla_acceptor_stats *out);
 
@@ -468,6 +479,15 @@ KTLA_API int ktla_conn_sendfile_head(struct ktla_conn *conn, const void *head, s
  * synchronously) no buffer the application passed is touched after it returns. Never fails;
  * conn is gone. */
 KTLA_API void ktla_conn_close(struct ktla_conn *conn);
+
+/* ktla_conn_close with an end-of-life callback (libuv's uv_close is the model): cb runs once,
+ * from the ring and never inside this call, when nothing of conn is in flight any more, with
+ * result -ECANCELED (the application ended it); conn may be read (ktla_conn_get_info) during it and is freed when it
+ * returns. From then on no buffer the application passed is touched, on every kernel (Linux
+ * before 6.0 cannot cancel synchronously, so ktla_conn_close alone cannot promise it): the
+ * moment to free them. No other callback of conn runs after this call. On a connection in a
+ * graceful shutdown, the shutdown is cut short and cb runs instead of its callback. */
+KTLA_API void ktla_conn_close_then(struct ktla_conn *conn, ktla_close_cb cb, void *arg);
 
 /* Opaque per-connection pointer for the application. */
 KTLA_API void ktla_conn_set_data(struct ktla_conn *conn, void *data);

@@ -659,6 +659,8 @@ static void maybe_free_acceptor(struct ktla_acceptor *acc)
     if (!acc->freeing || acc->inflight || acc->dl_head || acc->cfg.ring == NULL)
         return;
     /* The application's ring: the last completion frees us. */
+    if (acc->done_cb)
+        acc->done_cb(acc->done_arg);
     ktla_ctx_free(acc->cfg.ctx);
     free(acc->plain_reply);
     free(acc);
@@ -692,9 +694,16 @@ void ktla_acceptor_stop(struct ktla_acceptor *acc)
 
 void ktla_acceptor_free(struct ktla_acceptor *acc)
 {
+    ktla_acceptor_free_then(acc, NULL, NULL);
+}
+
+void ktla_acceptor_free_then(struct ktla_acceptor *acc, ktla_done_cb cb, void *arg)
+{
     if (!acc)
         return;
     acc->freeing = true;
+    acc->done_cb = cb;
+    acc->done_arg = arg;
     cancel_accepts(acc);
     if (acc->retry_armed) {
         struct io_uring_sqe *sqe = ktla_ring_sqe(acc->ring);
@@ -717,6 +726,13 @@ void ktla_acceptor_free(struct ktla_acceptor *acc)
         }
     }
     if (acc->cfg.ring) {
+        /* The callback comes from the ring: with nothing else in flight, a no-op carries it. */
+        struct io_uring_sqe *sqe = cb && !acc->inflight ? ktla_ring_sqe(acc->ring) : NULL;
+        if (sqe) {
+            io_uring_prep_nop(sqe);
+            ktla_ring_tag(sqe, &acc->nop_op);
+            acc->inflight++;
+        }
         io_uring_submit(acc->ring);
         maybe_free_acceptor(acc);
         return;
@@ -726,6 +742,8 @@ void ktla_acceptor_free(struct ktla_acceptor *acc)
         if (ktla_acceptor_run(acc, 100) < 0)
             break;
     io_uring_queue_exit(&acc->own_ring);
+    if (cb)
+        cb(arg);
     ktla_ctx_free(acc->cfg.ctx);
     free(acc->plain_reply);
     free(acc);

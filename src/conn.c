@@ -473,6 +473,8 @@ static int linger_drop(struct ktla_conn *c)
         if (c->info.rx_mode == KTLA_MODE_KERNEL) {
             uint8_t type;
             n = ktla_ktls_recv_record(c->fd, buf, sizeof(buf), &type, MSG_DONTWAIT);
+            if (n == 0 && type) /* a zero-length record, not the end of the stream: read on */
+                continue;
         } else {
             n = recv(c->fd, buf, sizeof(buf), MSG_DONTWAIT);
             if (n < 0)
@@ -651,7 +653,31 @@ int ktla_conn_shutdown(struct ktla_conn *c, unsigned linger_ms, ktla_close_cb cb
 
 /* ---- closing at once, and routing */
 
+/* The end-of-life callback must come from the ring, never from inside the close: with nothing
+ * left in flight, a no-op goes round the ring to carry it. */
+static void close_later(struct ktla_conn *c, ktla_close_cb cb, void *arg)
+{
+    c->close_cb = cb;
+    c->close_arg = arg;
+    c->close_result = -ECANCELED;
+    if (!cb || c->inflight)
+        return;
+    struct io_uring_sqe *sqe = ktla_ring_sqe(c->ring);
+    if (!sqe) { /* a ring that takes nothing more: better early than never */
+        ktla_conn_reap(c);
+        return;
+    }
+    c->lop.conn = c;
+    io_uring_prep_nop(sqe);
+    conn_submit(c, sqe, &c->lop, KTLA_OP_LINGER);
+}
+
 void ktla_conn_close(struct ktla_conn *c)
+{
+    ktla_conn_close_then(c, NULL, NULL);
+}
+
+void ktla_conn_close_then(struct ktla_conn *c, ktla_close_cb cb, void *arg)
 {
     if (!c)
         return;
@@ -662,6 +688,7 @@ void ktla_conn_close(struct ktla_conn *c)
         c->state = KTLA_CONN_CLOSING;
         if (c->inflight)
             cancel_socket_ops(c);
+        close_later(c, cb, arg);
         ktla_conn_reap(c);
         return;
     }
@@ -686,6 +713,7 @@ void ktla_conn_close(struct ktla_conn *c)
      * with them. (A shutdown that is over has closed its socket and holds none of them.) */
     if (c->inflight && c->fd >= 0)
         cancel_socket_ops(c);
+    close_later(c, cb, arg);
     ktla_conn_reap(c);
 }
 

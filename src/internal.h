@@ -154,6 +154,8 @@ struct ktla_acceptor {
     bool stopped;      /* ktla_acceptor_stop: no more accepts; handshakes in flight go on */
     char *plain_reply; /* for a client that sent a plain-text request instead of TLS */
     size_t plain_reply_len;
+    ktla_done_cb done_cb; /* ktla_acceptor_free_then */
+    void *done_arg;
 };
 
 /* A submission queue entry, flushing the ring once if it is full; NULL only if that failed. */

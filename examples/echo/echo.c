@@ -28,21 +28,33 @@ struct echo {
 };
 
 static struct echo *open_conns;
+static unsigned closing; /* closed, until ktla says nothing of them is in flight */
 
 static void on_recv(struct ktla_conn *conn, ssize_t n, void *arg);
 
+/* Nothing of the connection is in flight any more (on every kernel): its buffer may go. */
+static void gone(struct ktla_conn *conn, int result, void *arg)
+{
+    (void)conn;
+    (void)result;
+    closing--;
+    free(arg);
+}
+
 static void finish(struct ktla_conn *conn, struct echo *e)
 {
-    ktla_conn_close(conn); /* no callback of conn runs after this: e can go */
-    if (!e)
+    if (!e) {
+        ktla_conn_close(conn);
         return;
+    }
     if (e->prev)
         e->prev->next = e->next;
     else
         open_conns = e->next;
     if (e->next)
         e->next->prev = e->prev;
-    free(e);
+    closing++;
+    ktla_conn_close_then(conn, gone, e); /* no other callback of conn runs after this */
 }
 
 static void on_sent(struct ktla_conn *conn, ssize_t n, void *arg)
@@ -163,11 +175,11 @@ int main(int argc, char **argv)
     while (!stop)
         ktla_acceptor_run(acc, 200);
 
-    /* Connections run on the acceptor's ring: close them, and let the ring bring back what they
-     * had in flight (a quiet 50 ms) before ktla_acceptor_free ends it. */
+    /* Connections run on the acceptor's ring: close them, and run the ring until ktla says each
+     * is gone, before ktla_acceptor_free ends it. */
     while (open_conns)
         finish(open_conns->conn, open_conns);
-    while (ktla_acceptor_run(acc, 50) > 0)
+    while (closing && ktla_acceptor_run(acc, 1000) >= 0)
         ;
     ktla_acceptor_free(acc);
     status = 0;

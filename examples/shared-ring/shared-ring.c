@@ -43,6 +43,7 @@ struct app {
     struct signalfd_siginfo si;
     int sfd;
     unsigned own_inflight;
+    unsigned ktla_alive; /* the acceptor and closed connections ktla has not said are gone */
     unsigned long ticks, served;
     struct conn *conns; /* open connections, closed when the application stops */
     int stopping;
@@ -57,16 +58,26 @@ struct conn {
     char buf[4096];
 };
 
+/* ktla says nothing of the connection is in flight any more: its buffer may go. */
+static void conn_gone(struct ktla_conn *kc, int result, void *arg)
+{
+    struct conn *c = arg;
+    (void)kc;
+    (void)result;
+    c->app->ktla_alive--;
+    free(c);
+}
+
 static void conn_done(struct conn *c)
 {
-    ktla_conn_close(c->kc); /* no callback of kc runs after this: c can go */
     if (c->prev)
         c->prev->next = c->next;
     else
         c->app->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
-    free(c);
+    c->app->ktla_alive++;
+    ktla_conn_close_then(c->kc, conn_gone, c); /* no other callback of kc after this */
 }
 
 static void on_sent(struct ktla_conn *kc, ssize_t n, void *arg)
@@ -154,11 +165,19 @@ static void arm_signal(struct app *app)
         io_uring_prep_read(sqe, app->sfd, &app->si, sizeof(app->si), 0);
 }
 
+static void acceptor_gone(void *arg)
+{
+    struct app *app = arg;
+    app->ktla_alive--;
+}
+
 static void begin_stop(struct app *app)
 {
     struct io_uring_sqe *sqe;
     app->stopping = 1;
-    ktla_acceptor_free(app->acc); /* cancels its accepts; it goes once they are back */
+    app->ktla_alive++;
+    /* Cancels its accepts; it goes once they are back, and says so. */
+    ktla_acceptor_free_then(app->acc, acceptor_gone, app);
     while (app->conns)
         conn_done(app->conns);
     if ((sqe = own_sqe(app, &app->cancel)))
@@ -281,23 +300,14 @@ int main(int argc, char **argv)
 
     arm_tick(&app);
     arm_signal(&app);
-    while (!app.stopping || app.own_inflight) {
+    /* Until ours are back (the signal read is not re-armed, the tick was cancelled) and ktla
+     * has said that the acceptor and every connection are gone: then the ring may go. */
+    while (!app.stopping || app.own_inflight || app.ktla_alive) {
         ret = io_uring_submit_and_wait(&app.ring, 1);
         if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
             fprintf(stderr, "shared-ring: io_uring: %s\n", ktla_strerror(ret));
             break;
         }
-        handle_completions(&app);
-    }
-    /* Ours are all back (the signal read is not re-armed, the tick was cancelled). ktla's last
-     * operations (the accepts' cancellation, the connections' closes) send no signal of their
-     * own: a quiet 200 ms after ours means they are done. */
-    for (;;) {
-        struct io_uring_cqe *cqe;
-        struct __kernel_timespec quiet = {.tv_nsec = 200 * 1000000};
-        io_uring_submit(&app.ring);
-        if (io_uring_wait_cqe_timeout(&app.ring, &cqe, &quiet) < 0)
-            break;
         handle_completions(&app);
     }
     status = 0;

@@ -35,7 +35,6 @@
 
 #define BODY_SLICE (1u << 20) /* sendfile per call: progress for the idle timeout, fairness */
 #define LINGER_MS 5000 /* a graceful end waits this long at most for the client's own close */
-#define GRAVE_NS (2ull * 1000000000ull)
 #define NS 1000000000ull
 
 enum { OWN_TICK = 1, OWN_WAKE, OWN_CANCEL };
@@ -67,7 +66,7 @@ struct sconn {
     unsigned in_len, in_off, in_cap; /* at most HTTP_HEAD_MAX */
     unsigned inline_body;            /* an error's text, sent with the head */
     unsigned out_len;
-    uint64_t active_ns, req_start_ns, dead_ns;
+    uint64_t active_ns, req_start_ns;
     uint64_t body_off, body_left, body_sent;
     uint64_t sent_base; /* ktla's bytes_sent when this response began */
     unsigned head_len;
@@ -280,6 +279,23 @@ static void log_cut(struct sconn *c, const char *why)
 
 /* The abortive end: errors, clients that stopped reading, the drain's deadline. `why` is the
  * access log's word for a response this cuts short. */
+/* A receive or send that was in flight may use the connection's buffers until ktla says
+ * nothing of it is left (at once on Linux 6.0+, after the completions on older kernels). */
+static void on_gone(struct ktla_conn *kc, int result, void *arg)
+{
+    struct sconn *c = arg;
+    (void)kc;
+    (void)result;
+    c->w->dying--;
+    sconn_free(c);
+}
+
+static void conn_abort(struct sconn *c)
+{
+    c->w->dying++;
+    ktla_conn_close_then(c->kc, on_gone, c);
+}
+
 static void conn_close(struct sconn *c, const char *why)
 {
     struct worker *w = c->w;
@@ -288,18 +304,9 @@ static void conn_close(struct sconn *c, const char *why)
     conn_unlink(c);
     w->nconns--;
     metric_add(&w->metrics.closed, 1);
-    ktla_conn_close(c->kc);
     http_reader_free(c->rd);
     c->rd = NULL;
-    if (!c->recv_pending && !c->send_pending) {
-        sconn_free(c);
-        return;
-    }
-    /* ktla_conn_close promises no more callbacks, but a receive or send it had in flight may
-     * still use this connection's buffers until its completion comes back; keep them a while. */
-    c->dead_ns = now_ns();
-    c->next = w->grave;
-    w->grave = c;
+    conn_abort(c);
 }
 
 static void on_closed(struct ktla_conn *kc, int result, void *arg)
@@ -699,11 +706,20 @@ static void publish_stats(struct worker *w)
 }
 
 /* The acceptors go, their figures kept in w->stats; handshakes still in flight are aborted. */
+static void on_acceptor_gone(void *arg)
+{
+    struct worker *w = arg;
+    w->acc_alive--;
+}
+
 static void free_acceptors(struct worker *w)
 {
     publish_stats(w);
     for (unsigned i = 0; i < w->nlisten; i++) {
-        ktla_acceptor_free(w->acc[i]);
+        if (!w->acc[i])
+            continue;
+        w->acc_alive++;
+        ktla_acceptor_free_then(w->acc[i], on_acceptor_gone, w);
         w->acc[i] = NULL;
     }
     w->stats.in_flight = 0;
@@ -773,14 +789,6 @@ static void tick(struct worker *w)
         else if (expired)
             conn_end(c);
     }
-    for (struct sconn **p = &w->grave, *c; (c = *p);) {
-        if (now - c->dead_ns >= GRAVE_NS) {
-            *p = c->next;
-            sconn_free(c);
-        } else {
-            p = &c->next;
-        }
-    }
 }
 
 static void own_complete(struct worker *w, struct io_uring_cqe *cqe)
@@ -830,15 +838,13 @@ static void look_at_stop(struct worker *w)
             next = c->next;
             conn_close(c, "shutdown");
         }
-        /* Graceful ends still lingering are cut too: their receive was cancelled when they
-         * began, so nothing in flight uses their buffers. */
+        /* Graceful ends still lingering are cut too. */
         while (w->closing) {
             struct sconn *c = w->closing;
             w->closing = c->next;
-            ktla_conn_close(c->kc);
             w->nconns--;
             metric_add(&w->metrics.closed, 1);
-            sconn_free(c);
+            conn_abort(c);
         }
     }
 }
@@ -860,23 +866,24 @@ static void wind_down(struct worker *w)
         w->own_inflight++;
     }
     io_uring_submit(&w->ring);
-    /* ktla's last operations (the accept's cancellation, closing connections) have no signal
-     * of their own: a quiet 200 ms after ours are back means they are done. */
-    for (;;) {
+    /* Until ours are back, and ktla has said that the acceptors and the closed connections are
+     * gone (their end-of-life callbacks). The bound only guards against a bug of ours: it
+     * says so rather than hang the exit. */
+    uint64_t give_up = now_ns() + 30 * NS;
+    while (w->own_inflight || w->dying || w->acc_alive) {
         struct io_uring_cqe *cqe;
-        struct __kernel_timespec ts = {.tv_nsec = 200 * 1000000};
+        struct __kernel_timespec ts = {.tv_sec = 1};
         int ret = io_uring_wait_cqe_timeout(&w->ring, &cqe, &ts);
-        if (ret == -ETIME && !w->own_inflight)
+        if ((ret < 0 && ret != -ETIME && ret != -EINTR) || now_ns() >= give_up) {
+            fprintf(stderr,
+                    "ktla-serve: worker %d: exiting with operations in flight (%u of ours, %u "
+                    "connections, %u acceptors): %s\n",
+                    w->index, w->own_inflight, w->dying, w->acc_alive,
+                    ret < 0 && ret != -ETIME ? ktla_strerror(ret) : "not back after 30 s");
             break;
-        if (ret < 0 && ret != -ETIME && ret != -EINTR)
-            break;
+        }
         handle_completions(w);
         io_uring_submit(&w->ring);
-    }
-    while (w->grave) {
-        struct sconn *c = w->grave;
-        w->grave = c->next;
-        sconn_free(c);
     }
     while (w->in_pool) {
         void *b = w->in_pool;

@@ -46,7 +46,8 @@ struct worker {
     struct ktla_acceptor_stats stats; /* of every acceptor, kept when they go away */
     struct sconn *conns;              /* established connections */
     struct sconn *closing;            /* shutting down gracefully, until ktla says they are gone */
-    struct sconn *grave;              /* closed, waiting until ktla can no longer touch them */
+    unsigned dying;   /* closed, until ktla says nothing of them is in flight (their buffers) */
+    unsigned acc_alive; /* acceptors freed whose last operations have not come back yet */
     unsigned nconns;
     bool draining;
     bool winding; /* after the last connection: nothing of ours is re-armed */

@@ -457,6 +457,52 @@ Test(acceptor, a_shared_ring_routes_each_completion_to_its_owner)
     echo_stop(s);
 }
 
+/* The end-of-life callbacks (ktla_conn_close_then, ktla_acceptor_free_then): each runs once,
+ * from the ring and never inside the call, for connections closed at their end of stream and
+ * with a receive in flight; then every descriptor is back. What lets an application free its
+ * buffers and its ring without guessing how long ktla may still touch them. */
+static void end_of_life(bool shared)
+{
+    int before = tu_fd_count();
+    struct echo_opts o = {.tickets = -1, .shared_ring = shared};
+    struct echo_server *s = echo_start(&o);
+    struct tc c[3];
+    struct tc_opts co = {.version = KTLA_TLS1_3, .cipher = -1};
+    struct echo_life life;
+
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(tc_connect(&c[i], echo_port(s), &co, NULL, 0), 0);
+        echo_round(&c[i], 1000, (uint32_t)i);
+    }
+    tc_close(&c[0], true); /* ended by the server at the close_notify */
+    cr_assert(echo_wait_ended(s, 1, 5000));
+    /* The two others have a receive in flight when echo_stop closes them. */
+    echo_stop_life(s, &life);
+    tc_close(&c[1], false);
+    tc_close(&c[2], false);
+    cr_assert_eq(life.closed, 3, "%d connections closed, want 3", life.closed);
+    cr_assert_eq(life.gone, 3, "%d of 3 end-of-life callbacks ran", life.gone);
+    cr_assert_eq(life.gone_inside, 0, "%d callbacks ran inside ktla_conn_close_then",
+                 life.gone_inside);
+    cr_assert_eq(life.gone_result, 0, "%d callbacks had a result other than -ECANCELED",
+                 life.gone_result);
+    cr_assert(life.acc_gone, "the acceptor's end-of-life callback never ran");
+    if (shared)
+        cr_assert(!life.acc_gone_inside, "on a shared ring the acceptor's callback ran inside "
+                                         "ktla_acceptor_free_then");
+    cr_assert_eq(tu_fd_count(), before, "descriptors left open after every callback ran");
+}
+
+Test(acceptor, end_of_life_callbacks_on_the_acceptors_own_ring)
+{
+    end_of_life(false);
+}
+
+Test(acceptor, end_of_life_callbacks_on_a_shared_ring)
+{
+    end_of_life(true);
+}
+
 /* What a TLS 1.3 KeyUpdate meets here: OpenSSL in userspace, a kernel that rekeys (6.14+), or
  * one that cannot (6.1). */
 enum rekey_here { REKEY_USERSPACE, REKEY_KERNEL, REKEY_NONE };

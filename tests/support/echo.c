@@ -40,6 +40,8 @@ struct echo_server {
     struct ktla_acceptor_stats stats;
     struct io_uring ring; /* with shared_ring */
     int app_own, app_foreign;
+    struct echo_life life;
+    bool in_close, in_free;
 };
 
 /* The application's own timeout: an even user_data, as the library asks. */
@@ -94,6 +96,27 @@ struct echo_state {
     bool closing;
 };
 
+/* The state (and the receive buffer in it) goes when ktla says nothing of the connection is in
+ * flight any more: the end-of-life callback, which must come from the ring. */
+static void on_gone(struct ktla_conn *conn, int result, void *arg)
+{
+    struct echo_state *st = arg;
+    struct echo_server *s = st->srv;
+    (void)conn;
+    s->life.gone++;
+    s->life.gone_inside += s->in_close;
+    s->life.gone_result += result != -ECANCELED;
+    free(st);
+}
+
+static void echo_close(struct echo_server *s, struct ktla_conn *conn, struct echo_state *st)
+{
+    s->life.closed++;
+    s->in_close = true;
+    ktla_conn_close_then(conn, on_gone, st);
+    s->in_close = false;
+}
+
 static void echo_end(struct ktla_conn *conn, struct echo_state *st, ssize_t result)
 {
     struct echo_server *s = st->srv;
@@ -107,8 +130,7 @@ static void echo_end(struct ktla_conn *conn, struct echo_state *st, ssize_t resu
     s->conns[st->idx].ended = true;
     s->nended++;
     pthread_mutex_unlock(&s->lock);
-    ktla_conn_close(conn);
-    free(st);
+    echo_close(s, conn, st);
 }
 
 static void on_recv(struct ktla_conn *conn, ssize_t n, void *arg);
@@ -363,37 +385,61 @@ bool echo_wait_failures(struct echo_server *s, int n, int ms)
     return wait_count(s, &s->nfail, n, ms);
 }
 
+static void on_acceptor_gone(void *arg)
+{
+    struct echo_server *s = arg;
+    s->life.acc_gone = true;
+    s->life.acc_gone_inside = s->in_free;
+}
+
+/* Runs the ring until `done` (a flag or a count reaching its goal) or 10 s. */
+static void run_until(struct echo_server *s, const int *count, const int *goal, const bool *flag)
+{
+    for (int i = 0; i < 1000 && (flag ? !*flag : *count < *goal); i++) {
+        if (!s->opts.shared_ring) {
+            ktla_acceptor_run(s->acc, 10);
+            continue;
+        }
+        struct io_uring_cqe *cqe;
+        struct __kernel_timespec ts = {.tv_nsec = 10000000};
+        io_uring_submit_and_wait_timeout(&s->ring, &cqe, 1, &ts, NULL);
+        while (io_uring_peek_cqe(&s->ring, &cqe) == 0) {
+            struct io_uring_cqe copy = *cqe;
+            io_uring_cqe_seen(&s->ring, cqe);
+            ktla_dispatch(&copy);
+        }
+    }
+}
+
 void echo_stop(struct echo_server *s)
+{
+    echo_stop_life(s, NULL);
+}
+
+void echo_stop_life(struct echo_server *s, struct echo_life *out)
 {
     s->stop = true;
     pthread_join(s->thread, NULL);
     /* Connections the client left open (or whose end the server has not seen yet) are closed
-     * here, and their completions reaped, before the ring they share goes away. */
+     * here, and the ring run until ktla says each is gone, before the ring they share goes. */
     for (int i = 0; i < s->nconns && i < MAX_CONNS; i++) {
         if (!s->live[i])
             continue;
-        free(ktla_conn_get_data(s->live[i]));
-        ktla_conn_close(s->live[i]);
+        echo_close(s, s->live[i], ktla_conn_get_data(s->live[i]));
         s->live[i] = NULL;
     }
-    if (!s->opts.shared_ring)
-        for (int i = 0; i < 5; i++)
-            ktla_acceptor_run(s->acc, 10);
-    ktla_acceptor_free(s->acc);
+    run_until(s, &s->life.gone, &s->life.closed, NULL);
+    /* An own ring is drained inside the call; on the application's ring the acceptor goes once
+     * its last completion is routed, which its callback says. */
+    s->in_free = true;
+    ktla_acceptor_free_then(s->acc, on_acceptor_gone, s);
+    s->in_free = false;
     if (s->opts.shared_ring) {
-        /* On the application's ring the acceptor goes once its last completion is routed. */
-        struct io_uring_cqe *cqe;
-        struct __kernel_timespec ts = {.tv_nsec = 10000000};
-        for (int i = 0; i < 50; i++) {
-            io_uring_submit_and_wait_timeout(&s->ring, &cqe, 1, &ts, NULL);
-            while (io_uring_peek_cqe(&s->ring, &cqe) == 0) {
-                struct io_uring_cqe copy = *cqe;
-                io_uring_cqe_seen(&s->ring, cqe);
-                ktla_dispatch(&copy);
-            }
-        }
+        run_until(s, NULL, NULL, &s->life.acc_gone);
         io_uring_queue_exit(&s->ring);
     }
+    if (out)
+        *out = s->life;
     ktla_ctx_free(s->ctx);
     close(s->lfd);
     if (s->file_fd >= 0)

@@ -67,6 +67,20 @@ bool echo_wait_ended(struct echo_server *s, int n, int ms);
 bool echo_wait_failures(struct echo_server *s, int n, int ms);
 void echo_stop(struct echo_server *s);
 
+/* How the server's connections and acceptor ended (echo_stop_life): every connection is closed
+ * with ktla_conn_close_then and the acceptor freed with ktla_acceptor_free_then. */
+struct echo_life {
+    int closed;       /* ktla_conn_close_then calls */
+    int gone;         /* their callbacks */
+    int gone_inside;  /* ...that ran inside the close call (must be 0) */
+    int gone_result;  /* ...whose result was not -ECANCELED (must be 0) */
+    bool acc_gone;    /* the acceptor's end-of-life callback ran */
+    bool acc_gone_inside; /* ...inside ktla_acceptor_free_then (must not, on a shared ring) */
+};
+
+/* echo_stop, reporting how everything ended into *out. */
+void echo_stop_life(struct echo_server *s, struct echo_life *out);
+
 struct tc {
     int fd;
     SSL_CTX *ctx;

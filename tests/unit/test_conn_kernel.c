@@ -404,3 +404,28 @@ Test(kernel_conn, nothing_may_come_between_the_pieces_of_a_handshake_message)
     deliver_all();
     expect("an alert inside a KeyUpdate", KTLA_EUNEXPECTED, 2, 10);
 }
+
+/* ---- the graceful end (ktla_conn_shutdown) in kernel mode */
+
+/* Zero-length records are allowed (RFC 8446 5.4, RFC 5246 6.2.1) and are not the peer's end of
+ * the stream: the linger reads past them to the real end, or closing would leave input unread
+ * (and the kernel would answer it with a reset that can destroy our response on its way). */
+Test(kernel_conn, the_linger_reads_past_zero_length_records_to_the_end)
+{
+    setup_conn(V13);
+    add(0, 23, NULL, 0);
+    add(0, 21, NULL, 0);
+    add(0, 23, "abc", 3);
+    add(0, 0, NULL, 0); /* no record at all: the end of the stream */
+    cr_assert_eq(ktla_conn_shutdown(conn, 1000, NULL, NULL), 0);
+    struct io_uring_cqe cqe = {.res = 0};
+    ktla_conn_complete(&conn->lop, &cqe); /* the linger's first step */
+    cr_assert_eq(nsent, 1, "%d records sent, want our close_notify", nsent);
+    cr_assert(sent[0][0] == 21 && sent[0][1] == 1 && sent[0][2] == 0, "sent %u %u/%u",
+              sent[0][0], sent[0][1], sent[0][2]);
+    cr_assert_eq(next_rec, nscript, "the linger stopped after %d of %d records", next_rec,
+                 nscript);
+    cr_assert_eq(conn->linger_dropped, 3u);
+    cr_assert_eq(conn->fd, -1, "the socket is still open after the peer's end");
+    cr_assert_eq(conn->close_result, 0, "ended with %s", ktla_err_name(conn->close_result));
+}
