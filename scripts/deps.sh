@@ -18,12 +18,16 @@ serve=(
     libinih-dev
     # ktla-serve's media types (/etc/mime.types)
     media-types
+    # ktla-serve's HTTP/2: framing, HPACK, flow control and stream states (src/serve/h2.c)
+    libnghttp2-dev
 )
 rest=(
     # fuzzing: clang with libFuzzer (scripts/fuzz.sh)
     clang libclang-rt-14-dev
     # tests (man-db and groff-base: tests/install/ renders every installed man page)
     libcriterion-dev openssl gnutls-bin curl man-db groff-base
+    # the HTTP/2 clients of the interop suite: h2load (and nghttp)
+    nghttp2-client
     # tests/serve/service.sh: systemd-socket-activate starts ktla-serve as systemd would
     systemd
     # the interop suite's Go client (tests/interop/goclient.go: standard library only)

@@ -12,5 +12,6 @@ uname -r
 KTLA_COLD_DIR="$out" "$build/tests/ktla-acceptor-tests" --tap="$out/acceptor.tap" -j2 || status=1
 "$build/tests/ktla-conformance-tests" --tap="$out/conformance.tap" -j2 || status=1
 tests/serve/serve.sh "$build" kernel >"$out/serve.tap" 2>&1 || status=1
+tests/serve/h2.sh "$build" kernel >"$out/h2.tap" 2>&1 || status=1
 grep Rekey /proc/net/tls_stat
 exit $status

@@ -11,6 +11,7 @@ KTLA_COLD_DIR="$out" "$build/tests/ktla-acceptor-tests" --tap="$out/acceptor.tap
 "$build/tests/ktla-conformance-tests" --tap="$out/conformance.tap" -j2 || status=1
 tests/interop/interop.sh "$build" kernel >"$out/interop.tap" 2>&1 || status=1
 tests/serve/serve.sh "$build" kernel >"$out/serve.tap" 2>&1 || status=1
+tests/serve/h2.sh "$build" kernel >"$out/h2.tap" 2>&1 || status=1
 tests/serve/halfclose.sh "$build" kernel >"$out/halfclose.tap" 2>&1 || status=1
 tests/install/example-guest.sh "$build" >"$out/example.tap" 2>&1 || status=1
 tests/serve/hostile.sh "$build" kernel >"$out/hostile.tap" 2>&1 || status=1

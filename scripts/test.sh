@@ -107,6 +107,11 @@ tests/serve/serve.sh build/asan "$host_mode" >build/results/serve-host.tap 2>&1 
 grep -E '^not ok' -A8 build/results/serve-host.tap | head -40 || true
 tally serve-host build/results/serve-host.tap lenient
 
+echo "== ktla-serve over HTTP/2: ALPN, the same answers, many streams, the drain's GOAWAY"
+tests/serve/h2.sh build/asan "$host_mode" >build/results/h2-host.tap 2>&1 || true
+grep -E '^not ok' -A8 build/results/h2-host.tap | head -40 || true
+tally h2-host build/results/h2-host.tap lenient
+
 echo "== ktla-serve: clients that close their side early still get every byte"
 tests/serve/halfclose.sh build/asan "$host_mode" >build/results/halfclose-host.tap 2>&1 || true
 grep -E '^not ok' -A8 build/results/halfclose-host.tap | head -40 || true
@@ -122,6 +127,12 @@ tests/serve/hostile.sh build/asan "$host_mode" >build/results/hostile-host.tap 2
 grep -E '^not ok' -A8 build/results/hostile-host.tap | head -40 || true
 grep -E '^# (main server (descriptors|VmRSS)|good client|storms|whole suite)' build/results/hostile-host.tap || true
 tally hostile-host build/results/hostile-host.tap lenient
+
+echo "== ktla-serve's HTTP/2 under attack: rapid reset, CONTINUATION and SETTINGS/PING/PRIORITY floods, HPACK bomb, stalls"
+tests/serve/h2attack.sh build/asan "$host_mode" >build/results/h2attack-host.tap 2>&1 || true
+grep -E '^not ok' -A8 build/results/h2attack-host.tap | head -40 || true
+grep -E '^# (main server after|whole suite)' build/results/h2attack-host.tap || true
+tally h2attack-host build/results/h2attack-host.tap lenient
 
 echo "== ktla-serve --metrics: Prometheus figures move by exactly the requests made"
 tests/serve/metrics.sh build/asan "$host_mode" >build/results/metrics-host.tap 2>&1 || true
@@ -171,9 +182,10 @@ summaries+=("$fuzz_line")
 if [ "${KTLA_SKIP_GUEST:-}" = 1 ] && [ "${CI:-}" != "true" ]; then
     summaries+=("guest: not run (KTLA_SKIP_GUEST=1)")
 else
-    echo "== inside the guest kernel (kernel TLS mandatory): kernel, acceptor, interop, serve, hostile"
+    echo "== inside the guest kernel (kernel TLS mandatory): kernel, acceptor, interop, serve, h2, hostile"
     rm -f build/vm/kernel.tap build/vm/acceptor.tap build/vm/conformance.tap build/vm/interop.tap \
-        build/vm/serve.tap build/vm/halfclose.tap build/vm/example.tap build/vm/hostile.tap
+        build/vm/serve.tap build/vm/h2.tap build/vm/halfclose.tap build/vm/example.tap \
+        build/vm/hostile.tap
     start=$(date +%s)
     if ! scripts/vm.sh -- env ASAN_OPTIONS="$ASAN_OPTIONS" UBSAN_OPTIONS="$UBSAN_OPTIONS" \
         scripts/guest-suites.sh build/asan build/vm >build/results/guest-console.log 2>&1; then
@@ -183,7 +195,7 @@ else
     fi
     echo "  guest run: $(($(date +%s) - start)) s"
     sanitizer_check guest build/results/guest-console.log
-    for suite in kernel acceptor conformance interop serve halfclose example hostile; do
+    for suite in kernel acceptor conformance interop serve h2 halfclose example hostile; do
         [ -f "build/vm/$suite.tap" ] || : >"build/vm/$suite.tap"
         cp "build/vm/$suite.tap" "build/results/$suite-guest.tap"
         grep -E '^not ok' -A8 "build/vm/$suite.tap" | head -40 || true
@@ -194,7 +206,7 @@ fi
 if [ "${KTLA_SKIP_GUEST:-}" != 1 ] || [ "${CI:-}" = "true" ]; then
     # 6.1 cannot follow a TLS 1.3 KeyUpdate; 6.14+ can, and ktla then rekeys the kernel: the
     # kernel-mode suites again on Debian's 6.17 (fetched and verified once, scripts/kernel-fetch.sh).
-    echo "== inside a 6.17 guest kernel (rekeying): kernel, acceptor, serve"
+    echo "== inside a 6.17 guest kernel (rekeying): kernel, acceptor, conformance, serve, h2"
     out617=build/vm617
     mkdir -p $out617
     rm -f $out617/*.tap
@@ -208,7 +220,7 @@ if [ "${KTLA_SKIP_GUEST:-}" != 1 ] || [ "${CI:-}" = "true" ]; then
     fi
     echo "  guest 6.17 run: $(($(date +%s) - start)) s; $(grep -aE 'TlsRxRekeyOk|TlsTxRekeyOk' build/results/guest617-console.log | tr -s ' \t' ' ' | tr '\n' ' ')"
     sanitizer_check guest617 build/results/guest617-console.log
-    for suite in kernel acceptor conformance serve; do
+    for suite in kernel acceptor conformance serve h2; do
         [ -f "$out617/$suite.tap" ] || : >"$out617/$suite.tap"
         cp "$out617/$suite.tap" "build/results/$suite-guest617.tap"
         grep -E '^not ok' -A8 "$out617/$suite.tap" | head -40 || true

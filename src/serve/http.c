@@ -402,12 +402,78 @@ const char *http_header_invalid(const char *spec)
     return NULL;
 }
 
-int http_format_head(char *buf, size_t cap, const struct http_response *r)
+int http_response_fields(const struct http_response *r, struct http_field *f, size_t max,
+                         char *buf, size_t cap)
 {
-    char date[32], lm[32];
-    size_t off = 0;
+    size_t nf = 0, off = 0;
     int n;
 
+    /* FIELD(name, fmt, ...): the value formatted into buf, NUL-terminated. */
+#define FIELD(name_, ...)                                                                          \
+    do {                                                                                           \
+        if (nf == max)                                                                             \
+            return -1;                                                                             \
+        n = snprintf(buf + off, cap - off, __VA_ARGS__);                                           \
+        if (n < 0 || (size_t)n >= cap - off)                                                       \
+            return -1;                                                                             \
+        f[nf++] = (struct http_field){name_, strlen(name_), buf + off, (size_t)n};                 \
+        off += (size_t)n + 1;                                                                      \
+    } while (0)
+
+    char date[32];
+    http_date_format(r->now, date, sizeof(date));
+    FIELD("Server", "ktla-serve");
+    FIELD("Date", "%s", date);
+    if (r->content_type)
+        FIELD("Content-Type", "%s", r->content_type);
+    if (r->content_encoding)
+        FIELD("Content-Encoding", "%s", r->content_encoding);
+    if (r->vary_encoding)
+        FIELD("Vary", "Accept-Encoding");
+    if (r->has_length)
+        FIELD("Content-Length", "%llu", (unsigned long long)r->content_length);
+    if (r->last_modified) {
+        char lm[32];
+        http_date_format(r->last_modified, lm, sizeof(lm));
+        FIELD("Last-Modified", "%s", lm);
+    }
+    if (r->etag)
+        FIELD("ETag", "%s", r->etag);
+    if (r->accept_ranges)
+        FIELD("Accept-Ranges", "bytes");
+    if (r->has_range)
+        FIELD("Content-Range", "bytes %llu-%llu/%llu", (unsigned long long)r->first,
+              (unsigned long long)r->last, (unsigned long long)r->total);
+    if (r->unsatisfied)
+        FIELD("Content-Range", "bytes */%llu", (unsigned long long)r->total);
+    if (r->allow)
+        FIELD("Allow", "%s", r->allow);
+    if (r->location)
+        FIELD("Location", "%s", r->location);
+#undef FIELD
+    /* --header's "Name: value\r\n" lines, checked at start-up (http_header_invalid). */
+    for (const char *p = r->extra; p && *p;) {
+        const char *colon = strchr(p, ':'), *eol = strstr(p, "\r\n");
+        if (!colon || !eol || colon > eol || nf == max)
+            return -1;
+        const char *v = colon + 1;
+        while (v < eol && (*v == ' ' || *v == '\t'))
+            v++;
+        f[nf++] = (struct http_field){p, (size_t)(colon - p), v, (size_t)(eol - v)};
+        p = eol + 2;
+    }
+    return (int)nf;
+}
+
+int http_format_head(char *buf, size_t cap, const struct http_response *r)
+{
+    struct http_field f[HTTP_FIELDS_MAX];
+    char values[2048]; /* a Location of FILES_LOCATION_MAX and the dates */
+    size_t off = 0;
+    int n, nf = http_response_fields(r, f, HTTP_FIELDS_MAX, values, sizeof(values));
+
+    if (nf < 0)
+        return -1;
 #define ADD(...)                                                                                   \
     do {                                                                                           \
         n = snprintf(buf + off, cap - off, __VA_ARGS__);                                           \
@@ -416,36 +482,9 @@ int http_format_head(char *buf, size_t cap, const struct http_response *r)
         off += (size_t)n;                                                                          \
     } while (0)
 
-    http_date_format(r->now, date, sizeof(date));
-    ADD("HTTP/1.1 %d %s\r\nServer: ktla-serve\r\nDate: %s\r\n", r->status, http_reason(r->status),
-        date);
-    if (r->content_type)
-        ADD("Content-Type: %s\r\n", r->content_type);
-    if (r->content_encoding)
-        ADD("Content-Encoding: %s\r\n", r->content_encoding);
-    if (r->vary_encoding)
-        ADD("Vary: Accept-Encoding\r\n");
-    if (r->has_length)
-        ADD("Content-Length: %llu\r\n", (unsigned long long)r->content_length);
-    if (r->last_modified) {
-        http_date_format(r->last_modified, lm, sizeof(lm));
-        ADD("Last-Modified: %s\r\n", lm);
-    }
-    if (r->etag)
-        ADD("ETag: %s\r\n", r->etag);
-    if (r->accept_ranges)
-        ADD("Accept-Ranges: bytes\r\n");
-    if (r->has_range)
-        ADD("Content-Range: bytes %llu-%llu/%llu\r\n", (unsigned long long)r->first,
-            (unsigned long long)r->last, (unsigned long long)r->total);
-    if (r->unsatisfied)
-        ADD("Content-Range: bytes */%llu\r\n", (unsigned long long)r->total);
-    if (r->allow)
-        ADD("Allow: %s\r\n", r->allow);
-    if (r->location)
-        ADD("Location: %s\r\n", r->location);
-    if (r->extra)
-        ADD("%s", r->extra);
+    ADD("HTTP/1.1 %d %s\r\n", r->status, http_reason(r->status));
+    for (int i = 0; i < nf; i++)
+        ADD("%.*s: %.*s\r\n", (int)f[i].name_len, f[i].name, (int)f[i].value_len, f[i].value);
     if (r->connection > 0)
         ADD("Connection: keep-alive\r\n");
     else if (r->connection < 0)

@@ -28,6 +28,7 @@
 
 #include "metrics.h"
 #include "redirect.h"
+#include "h2.h"
 #include "worker.h"
 
 #define DEFAULT_LISTEN "127.0.0.1:8443"
@@ -67,6 +68,7 @@ struct options {
     const char *tickets;
     const char *charset; /* NULL: none (--charset off) */
     bool allow_dotfiles;
+    bool http2;
     char headers[EXTRA_HEADERS_MAX + 1]; /* "Name: value\r\n" for each --header */
     size_t headers_len;
     const char *access_log;
@@ -135,6 +137,8 @@ static void usage(FILE *f, const char *argv0)
         "                              and XML (default utf-8); off: none\n"
         "  --allow-dotfiles            serve paths with a segment starting with '.' (default:\n"
         "                              404, except beneath /.well-known/)\n"
+        "  --http2 on|off              offer HTTP/2 (ALPN h2, preferred) beside HTTP/1.1\n"
+        "                              (default on)\n"
         "  --header 'NAME: VALUE'      a field added to every response (e.g. Strict-Transport-\n"
         "                              Security); repeatable, at most 512 bytes in all\n"
         "  --redirect-http HOST:PORT   also listen for plain HTTP there, answering each request\n"
@@ -345,6 +349,7 @@ static const struct option longopts[] = {
     {"sndbuf", required_argument, NULL, 'S'},
     {"charset", required_argument, NULL, 'C'},
     {"allow-dotfiles", no_argument, NULL, 'D'},
+    {"http2", required_argument, NULL, 'J'},
     {"header", required_argument, NULL, 'R'},
     {"user", required_argument, NULL, 'u'},
     {"allow-root", no_argument, NULL, 'A'},
@@ -471,6 +476,9 @@ static int apply_option(struct options *o, int c, const char *arg)
         break;
     case 'D':
         ret = parse_bool(arg, &o->allow_dotfiles);
+        break;
+    case 'J':
+        ret = parse_bool(arg, &o->http2);
         break;
     case 'R':
         if (o->from_cli && !o->cli_headers) {
@@ -630,6 +638,7 @@ static int parse_options(int argc, char **argv, struct options *o)
         .drain_timeout_s = 10,
         .max_connections = 4096,
         .charset = "utf-8",
+        .http2 = true,
     };
     int c;
     /* The file first, the command line over it: --config is looked for before anything else. */
@@ -1271,12 +1280,12 @@ int main(int argc, char **argv)
     } else if (check_certs(&o, "") < 0) {
         goto err_mime;
     }
-    static const char *const alpn[] = {"http/1.1"};
+    /* HTTP/2 first when offered: the client's choice among what both speak is ours to make. */
     struct ktla_ctx_config cc_ctx = {
         .certs = cc,
         .ncerts = ncc,
-        .alpn = alpn,
-        .nalpn = 1,
+        .alpn = o.http2 ? h2_alpn : h2_alpn + 1,
+        .nalpn = o.http2 ? 2 : 1,
     };
     ret = ktla_ctx_new(&cc_ctx, &cfg.ctx);
     if (ret < 0) {
@@ -1458,6 +1467,8 @@ int main(int argc, char **argv)
                fp);
     }
     report_ktls(o.ktls, o.file_path, probe, &ks);
+    printf("  protocols:   %s\n", o.http2 ? "HTTP/2 (ALPN h2, preferred) and HTTP/1.1"
+                                           : "HTTP/1.1 (--http2 off)");
     if (ninherited)
         printf("  workers:     %u (one io_uring each, sharing the %d socket%s systemd passed), up "
                "to %u connections\n",

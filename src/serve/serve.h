@@ -120,8 +120,25 @@ struct http_response {
     const char *extra; /* "Name: value\r\n"... from --header, after our own fields; or NULL */
 };
 
-/* Formats the head (status line, fields, blank line) into buf. Returns its length, or -1 when
- * cap is too small. */
+/* One field of a response head, not NUL-terminated (names as HTTP/1.1 writes them: HTTP/2
+ * sends them in lower case). */
+struct http_field {
+    const char *name;
+    size_t name_len;
+    const char *value;
+    size_t value_len;
+};
+
+#define HTTP_FIELDS_MAX 128 /* our own fields (16) and --header's (512 bytes: at most 86) */
+
+/* The fields a response head carries, the same for both protocols (everything but the status
+ * and Connection, which HTTP/2 does not have): at most max into f, values formatted into buf.
+ * Returns how many, or -1 when f or buf is too small. */
+int http_response_fields(const struct http_response *r, struct http_field *f, size_t max,
+                         char *buf, size_t cap);
+
+/* Formats the HTTP/1.1 head (status line, fields, blank line) into buf. Returns its length, or
+ * -1 when cap is too small. */
 int http_format_head(char *buf, size_t cap, const struct http_response *r);
 
 /* IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT"); buf needs 30 bytes. */

@@ -31,10 +31,11 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "h2.h"
 #include "worker.h"
 
 #define BODY_SLICE (1u << 20) /* sendfile per call: progress for the idle timeout, fairness */
-#define LINGER_MS 5000 /* a graceful end waits this long at most for the client's own close */
+#define LINGER_MS WORKER_LINGER_MS
 #define NS 1000000000ull
 
 enum { OWN_TICK = 1, OWN_WAKE, OWN_CANCEL };
@@ -138,17 +139,18 @@ static const char *mode_name(const struct ktla_conn_info *i)
     return i->tx_mode == KTLA_MODE_KERNEL ? "kernel-tx" : "kernel-rx";
 }
 
-/* One line per response that was begun: `end` says how it ended ("ok": handed to the socket
- * whole). */
-static void log_request(struct sconn *c, const char *end)
+uint64_t worker_now_ns(void)
 {
-    struct worker *w = c->w;
-    const struct ktla_conn_info *i = ktla_conn_get_info(c->kc);
-    const struct http_request *q = &c->rd->req;
+    return now_ns();
+}
 
-    uint64_t duration_ns = now_ns() - c->req_start_ns;
+void worker_log(struct worker *w, const struct ktla_conn_info *i, const struct http_request *q,
+                int status, uint64_t head_bytes, uint64_t body_bytes, uint64_t start_ns,
+                const char *end)
+{
+    uint64_t duration_ns = now_ns() - start_ns;
     w->served++;
-    metrics_response(&w->metrics, c->status, duration_ns, c->head_len + c->body_sent);
+    metrics_response(&w->metrics, status, duration_ns, head_bytes + body_bytes);
     if (w->cfg->log_fd < 0)
         return;
     struct log_entry e = {
@@ -159,9 +161,9 @@ static void log_request(struct sconn *c, const char *end)
         .target_len = q->target_len,
         .major = q->major,
         .minor = q->minor,
-        .status = c->status,
-        .body_bytes = c->body_sent,
-        .total_bytes = c->head_len + c->body_sent,
+        .status = status,
+        .body_bytes = body_bytes,
+        .total_bytes = head_bytes + body_bytes,
         .tls_version = i->version == KTLA_TLS1_3 ? "TLSv1.3" : "TLSv1.2",
         .cipher = i->cipher_name,
         .mode = mode_name(i),
@@ -171,6 +173,14 @@ static void log_request(struct sconn *c, const char *end)
     if (sizeof(w->logbuf) - w->loglen < 1024)
         log_flush(w);
     w->loglen += log_format(w->logbuf + w->loglen, sizeof(w->logbuf) - w->loglen, &e);
+}
+
+/* One line per response that was begun: `end` says how it ended ("ok": handed to the socket
+ * whole). */
+static void log_request(struct sconn *c, const char *end)
+{
+    worker_log(c->w, ktla_conn_get_info(c->kc), &c->rd->req, c->status, c->head_len,
+               c->body_sent, c->req_start_ns, end);
 }
 
 /* ---- connection lifetime */
@@ -629,6 +639,15 @@ static void on_conn(struct ktla_conn *kc, void *arg)
     struct sconn *c = malloc(sizeof(*c));
 
     count_conn(w, ktla_conn_get_info(kc));
+    const char *alpn = ktla_conn_get_info(kc)->alpn;
+    if (alpn && strcmp(alpn, "h2") == 0) {
+        free(c);
+        if (h2_start(w, kc, w->nconns >= w->cfg->max_conns) < 0) {
+            ktla_conn_close(kc);
+            metric_add(&w->metrics.closed, 1);
+        }
+        return;
+    }
     if (!c) {
         ktla_conn_close(kc);
         metric_add(&w->metrics.closed, 1);
@@ -743,6 +762,7 @@ static void begin_drain(struct worker *w)
             w->listen_fd[i] = -1;
         }
     }
+    h2_drain(w);
     /* Idle keep-alive connections go now; the others once their response is out. A connection
      * that has not sent its first request yet was just opened to send one: it may, and gets
      * its answer with Connection: close (or the drain's deadline). */
@@ -789,6 +809,7 @@ static void tick(struct worker *w)
         else if (expired)
             conn_end(c);
     }
+    h2_tick(w, now);
 }
 
 static void own_complete(struct worker *w, struct io_uring_cqe *cqe)
@@ -838,6 +859,7 @@ static void look_at_stop(struct worker *w)
             next = c->next;
             conn_close(c, "shutdown");
         }
+        h2_abort_all(w);
         /* Graceful ends still lingering are cut too. */
         while (w->closing) {
             struct sconn *c = w->closing;
@@ -923,7 +945,7 @@ void worker_run(struct worker *w)
             arm_tick(w);
         if (w->cfg->log_fd >= 0 && w->loglen)
             log_flush(w);
-        if (w->draining && !w->conns && !w->closing && !w->stats.in_flight)
+        if (w->draining && !w->conns && !w->closing && !w->h2 && !w->stats.in_flight)
             break;
     }
     free_acceptors(w);

@@ -46,6 +46,7 @@ struct worker {
     struct ktla_acceptor_stats stats; /* of every acceptor, kept when they go away */
     struct sconn *conns;              /* established connections */
     struct sconn *closing;            /* shutting down gracefully, until ktla says they are gone */
+    struct h2conn *h2;                /* HTTP/2 connections (h2.c), until ktla says they are gone */
     unsigned dying;   /* closed, until ktla says nothing of them is in flight (their buffers) */
     unsigned acc_alive; /* acceptors freed whose last operations have not come back yet */
     unsigned nconns;
@@ -75,6 +76,16 @@ struct worker {
     struct files_scratch scratch;
     char head[2048];
 };
+
+/* A graceful end waits this long at most for the client's own close. */
+#define WORKER_LINGER_MS 5000
+
+/* For h2.c: the clock the timeouts use, and one access-log line (and --metrics' figures) for a
+ * response; `end` says how it ended ("ok", "client-gone", "timeout", ...). */
+uint64_t worker_now_ns(void);
+void worker_log(struct worker *w, const struct ktla_conn_info *i, const struct http_request *q,
+                int status, uint64_t head_bytes, uint64_t body_bytes, uint64_t start_ns,
+                const char *end);
 
 /* Makes the ring and an acceptor on each of w->listen_fd[0..nlisten); 0, or a ktla code with the
  * reason printed. With w->failed set as well, the worker was made in part (some acceptors): run it

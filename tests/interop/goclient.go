@@ -2,13 +2,15 @@
 //
 // usage: goclient -connect HOST:PORT -version 1.2|1.3 -cipher AES-128-GCM|AES-256-GCM|CHACHA20-POLY1305
 //
-//	[-servername NAME] [-ca FILE] PATH...
+//	[-servername NAME] [-ca FILE] [-h2] PATH...
 //
 // Downloads https://HOST:PORT/PATH for each PATH in turn with net/http's Transport, which keeps
 // one connection alive between them, and prints "body STATUS LENGTH SHA256" for each, then
 // "connections N" with the negotiated version and suite. It exits 1, saying why, if a handshake
 // negotiated anything but the version and suite asked for, a body is shorter than its
-// Content-Length, or the Transport had to dial more than once.
+// Content-Length, or the Transport had to dial more than once. With -h2 the Transport offers
+// HTTP/2 as Go's default client does (ALPN h2), and every response must have come over it;
+// without, HTTP/1.1 only.
 //
 // TLS 1.2 suites come from Config.CipherSuites. Go offers no setting for TLS 1.3 suites: the
 // client always offers its three built-in ones (and no GODEBUG option changes that; cpu.aes=off
@@ -67,6 +69,7 @@ func main() {
 	cipher := flag.String("cipher", "AES-128-GCM", "AES-128-GCM, AES-256-GCM or CHACHA20-POLY1305")
 	servername := flag.String("servername", "localhost", "SNI and the name the certificate must carry")
 	ca := flag.String("ca", "", "PEM certificate to verify the server against (default: no verification)")
+	h2 := flag.Bool("h2", false, "offer HTTP/2 (ALPN h2), as net/http's default client does, and require it")
 	flag.Parse()
 	if *connect == "" || flag.NArg() == 0 {
 		flag.Usage()
@@ -105,14 +108,15 @@ func main() {
 		}
 	}
 
-	// HTTP/1.1 only (a custom TLSClientConfig leaves HTTP/2 off), no transparent gzip: the bytes
-	// hashed are the file's. Every dial is counted.
+	// HTTP/1.1 only unless -h2 (a custom TLSClientConfig leaves HTTP/2 off; ForceAttemptHTTP2
+	// puts it back), no transparent gzip: the bytes hashed are the file's. Every dial is counted.
 	var dials int32
 	dialer := &net.Dialer{Timeout: 60 * time.Second}
 	tr := &http.Transport{
 		TLSClientConfig:    cfg,
 		DisableCompression: true,
 		MaxConnsPerHost:    1,
+		ForceAttemptHTTP2:  *h2,
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			atomic.AddInt32(&dials, 1)
 			return dialer.DialContext(ctx, network, addr)
@@ -132,6 +136,9 @@ func main() {
 			}
 			fail("negotiated %s %s, wanted TLS %s %s", versionName(st.Version),
 				tls.CipherSuiteName(st.CipherSuite), *version, tls.CipherSuiteName(want))
+		}
+		if wantMajor := map[bool]int{true: 2, false: 1}[*h2]; resp.ProtoMajor != wantMajor {
+			fail("GET /%s: answered over %s, wanted HTTP/%d", path, resp.Proto, wantMajor)
 		}
 		h := sha256.New()
 		n, err := io.Copy(h, resp.Body)

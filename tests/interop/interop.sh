@@ -148,8 +148,11 @@ gnutls_cli() {
 }
 
 # curl: one invocation, every URL, and it keeps the connection; num_connects counts new ones.
+# curl_ PROTO: HTTP/1.1 or HTTP/2 (--http1.1, --http2), and every response must have come over it.
+curl_h1() { curl_ 1.1; }
+curl_h2() { curl_ 2; }
 curl_() {
-    local opts=(--ciphers "$ossl") args=() outs=() out status code size conns total=0 i=0 sums
+    local proto=$1 opts=(--ciphers "$ossl") args=() outs=() out status code size conns ver total=0 i=0 sums
     [ $v = 1.3 ] && opts=(--tls13-ciphers "$ossl")
     for f in "${files[@]}"; do
         : >"$work/got-$f"
@@ -157,12 +160,16 @@ curl_() {
         outs+=("$work/got-$f")
     done
     out=$(timeout 300 curl -sS --max-time 240 --cacert "$cert" --resolve localhost:$port:127.0.0.1 \
-        --tlsv$v --tls-max $v "${opts[@]}" -w '%{http_code} %{size_download} %{num_connects}\n' \
-        "${args[@]}")
+        --http$proto --tlsv$v --tls-max $v "${opts[@]}" \
+        -w '%{http_code} %{size_download} %{num_connects} %{http_version}\n' "${args[@]}")
     status=$?
     mapfile -t sums <<<"$(sha256sum "${outs[@]}")"
-    while read -r code size conns; do
+    while read -r code size conns ver; do
         [ -n "$code" ] || continue
+        if [ "$ver" != "$proto" ]; then
+            echo "answered over HTTP/$ver, wanted HTTP/$proto" >&2
+            status=1
+        fi
         echo "body $code $size ${sums[$i]%% *}"
         i=$((i + 1)) total=$((total + conns))
     done <<<"$out"
@@ -177,8 +184,9 @@ python_ssl() {
 go_tls() {
     if [ -n "$go_error" ]; then echo "no Go client: $go_error" >&2; return 1; fi
     timeout 300 "$goclient" -connect 127.0.0.1:$port -version $v -cipher $c -servername localhost \
-        -ca "$cert" "${files[@]}"
+        -ca "$cert" "$@" "${files[@]}"
 }
+go_h2() { go_tls -h2; }
 
 # Kernel mode: the server's first kernel TLS 1.3 connection has it ask the kernel, once, whether it
 # can rekey (for KeyUpdate), by installing a throwaway TX key on a loopback connection of its own
@@ -284,10 +292,12 @@ for v in 1.2 1.3; do
         1.3/CHACHA20-POLY1305) ossl=TLS_CHACHA20_POLY1305_SHA256 iana=$ossl ;;
         esac
         cell "openssl s_client" s_client
-        cell "curl" curl_
+        cell "curl" curl_h1
+        cell "curl --http2" curl_h2
         cell "gnutls-cli" gnutls_cli
         cell "python ssl" python_ssl
         cell "go crypto/tls" go_tls
+        cell "go net/http HTTP/2" go_h2
     done
 done
 
@@ -302,6 +312,38 @@ if [ "$expect" = kernel ]; then
     fi
     if [ -r /proc/net/tls_stat ]; then sed 's/^/# /' /proc/net/tls_stat; else echo "# no /proc/net/tls_stat"; fi
 fi
+# h2load (nghttp2's load generator): many streams at once on few connections, HTTP/2 only. It
+# keeps no bodies, so what it checks is the count: every response 2xx and exactly the files'
+# bytes as DATA (the SHA-256s over HTTP/2 are curl's and Go's above).
+tls_stat; tx0=$tx rx0=$rx
+reqs=297 conns=3 bytes=0 # 99 a connection: each of the 3 files 33 times
+urls=()
+for f in "${files[@]}"; do urls+=("https://127.0.0.1:$port/$f"); bytes=$((bytes + ${f#f})); done
+h2=$(timeout 300 h2load -n $reqs -c $conns -m 10 "${urls[@]}" 2>&1)
+data=$(echo "$h2" | sed -n 's/^traffic: .*(\([0-9]*\)) data$/\1/p')
+ok2xx=$(echo "$h2" | sed -n 's/^status codes: \([0-9]*\) 2xx.*/\1/p')
+proto=$(echo "$h2" | sed -n 's/^Application protocol: //p')
+why=()
+[ "$proto" = h2 ] || why+=("protocol '${proto:-none}'")
+[ "$ok2xx" = $reqs ] || why+=("${ok2xx:-no} 2xx of $reqs")
+[ "$data" = $((reqs / ${#files[@]} * bytes)) ] || why+=("${data:-no} DATA bytes, want $((reqs / ${#files[@]} * bytes))")
+statmsg=
+if [ "$expect" = kernel ]; then
+    tls_stat
+    statmsg=", tls_stat +$((tx - tx0)) TX +$((rx - rx0)) RX"
+    [ $((tx - tx0)) = $conns ] && [ $((rx - rx0)) = $conns ] ||
+        why+=("tls_stat +$((tx - tx0)) TX +$((rx - rx0)) RX, want +$conns each")
+fi
+n=$((n + 1))
+if [ ${#why[@]} = 0 ]; then
+    pass=$((pass + 1))
+    echo "ok $n - h2load: $reqs requests, 10 streams at once on each of $conns connections, all 2xx, $data DATA bytes$statmsg"
+else
+    fail=$((fail + 1))
+    echo "not ok $n - h2load: $(printf '%s; ' "${why[@]}" | sed 's/; $//')"
+    echo "$h2" | tail -n 12 | sed 's/^/#   /'
+fi
+
 now_ms
 echo "# $n tests in $(secs $((now - started))) s"
 echo "interop: $pass passed, $fail failed, 0 skipped"

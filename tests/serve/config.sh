@@ -26,7 +26,7 @@ policy=auto
 [ "$expect" = kernel ] && policy=require
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1}
 serve=$build/ktla-serve
-c=(curl -sk --max-time 30)
+c=(curl -sk --max-time 30 --http1.1) # its checks read HTTP/1.1 heads
 
 # started NAME: waits for the banner of the server writing $work/NAME.out.
 started() {

@@ -64,7 +64,7 @@ tls_stat() { awk -v k="$1" '$1 == k { print $2 }' /proc/net/tls_stat 2>/dev/null
 start_server main --access-log "$work/access.log" --drain-timeout 300 "$root"
 log=$work/main.out
 
-c=(curl -sk --max-time 300)
+c=(curl -sk --max-time 300 --http1.1) # HTTP/2 has its own suite (h2.sh)
 sha() { sha256sum "$1" | cut -d' ' -f1; }
 
 # ---- start-up lines
@@ -118,7 +118,7 @@ for i in "${!specs[@]}"; do
     args+=(-sk -H "Range: bytes=${specs[$i]}" -o "$work/range$i" -w '%{http_code}\n' "${url}f16385")
 done
 # (no process substitution: the guest has no /dev/fd)
-out=$(curl --max-time 300 "${args[@]}")
+out=$(curl --http1.1 --max-time 300 "${args[@]}")
 mapfile -t codes <<<"$out"
 for i in "${!specs[@]}"; do
     tail -c +$((froms[i] + 1)) "$root/f16385" | head -c "${lens[$i]}" >"$work/want"
