@@ -41,6 +41,10 @@ rest=(
     qemu-system-x86 linux-image-amd64 busybox-static cpio kmod iproute2
     # benchmarks (e2fsprogs: mkfs.ext4 makes bench/coldcache.sh's disk image)
     nginx gnuplot-nox e2fsprogs
+    # tests/serve/browser.sh: Debian's Chromium, driven by playwright-core from npm, so that no
+    # browser is downloaded. playwright-core wants Node.js 20+ with npm: nodesource's nodejs package
+    # (the same name) has both; Debian 12's own is 18, without npm, and browser.sh says so
+    chromium nodejs
 )
 
 case "${1:-all}" in

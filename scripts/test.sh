@@ -144,6 +144,14 @@ tests/serve/config.sh build/asan "$host_mode" >build/results/config-host.tap 2>&
 grep -E '^not ok' -A8 build/results/config-host.tap | head -40 || true
 tally config-host build/results/config-host.tap lenient
 
+echo "== ktla-serve in a real browser (Chromium headless): charset, precompressed assets, media ranges; h2, then HTTP/1.1"
+tests/serve/browser.sh build/asan "$host_mode" h2 >build/results/browser-host.tap 2>&1 || true
+grep -E '^not ok' -A8 build/results/browser-host.tap | head -40 || true
+tally browser-host build/results/browser-host.tap lenient
+tests/serve/browser.sh build/asan "$host_mode" http/1.1 >build/results/browser-h1-host.tap 2>&1 || true
+grep -E '^not ok' -A8 build/results/browser-h1-host.tap | head -40 || true
+tally browser-h1-host build/results/browser-h1-host.tap lenient
+
 echo "== benchmark harness smoke test (ktla-bench against ktla-serve and ktla-echo)"
 bench/smoke.sh build/asan >build/results/bench-smoke.tap 2>&1 || true
 grep -E '^not ok' -A8 build/results/bench-smoke.tap | head -40 || true
