@@ -9,7 +9,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-600}
-harnesses=(handshake pipelined http)
+harnesses=(handshake pipelined http h2)
 
 CC=clang cmake -S . -B build/fuzz -DKTLA_FUZZ=ON -DKTLA_TESTS=OFF >/dev/null || exit 1
 cmake --build build/fuzz -j"$(nproc)" --target "${harnesses[@]/#/fuzz_}" >/dev/null || exit 1

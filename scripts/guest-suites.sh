@@ -15,4 +15,9 @@ tests/serve/h2.sh "$build" kernel >"$out/h2.tap" 2>&1 || status=1
 tests/serve/halfclose.sh "$build" kernel >"$out/halfclose.tap" 2>&1 || status=1
 tests/install/example-guest.sh "$build" >"$out/example.tap" 2>&1 || status=1
 tests/serve/hostile.sh "$build" kernel >"$out/hostile.tap" 2>&1 || status=1
+tests/serve/h2attack.sh "$build" kernel >"$out/h2attack.tap" 2>&1 || status=1
+# Chromium over h2 with kernel TLS: playwright-core is the one the host run installed (the guest's
+# HOME is a tmpfs, and it has no network).
+XDG_CACHE_HOME=${KTLA_HOST_CACHE:-/nonexistent} tests/serve/browser.sh "$build" kernel h2 \
+    >"$out/browser.tap" 2>&1 || status=1
 exit $status

@@ -190,12 +190,13 @@ summaries+=("$fuzz_line")
 if [ "${KTLA_SKIP_GUEST:-}" = 1 ] && [ "${CI:-}" != "true" ]; then
     summaries+=("guest: not run (KTLA_SKIP_GUEST=1)")
 else
-    echo "== inside the guest kernel (kernel TLS mandatory): kernel, acceptor, interop, serve, h2, hostile"
+    echo "== inside the guest kernel (kernel TLS mandatory): kernel, acceptor, interop, serve, h2, hostile, h2attack, browser"
     rm -f build/vm/kernel.tap build/vm/acceptor.tap build/vm/conformance.tap build/vm/interop.tap \
         build/vm/serve.tap build/vm/h2.tap build/vm/halfclose.tap build/vm/example.tap \
-        build/vm/hostile.tap
+        build/vm/hostile.tap build/vm/h2attack.tap build/vm/browser.tap
     start=$(date +%s)
     if ! scripts/vm.sh -- env ASAN_OPTIONS="$ASAN_OPTIONS" UBSAN_OPTIONS="$UBSAN_OPTIONS" \
+        KTLA_HOST_CACHE="${XDG_CACHE_HOME:-$HOME/.cache}" \
         scripts/guest-suites.sh build/asan build/vm >build/results/guest-console.log 2>&1; then
         echo "guest: a suite or the guest failed; end of the console log:" >&2
         tail -n 30 build/results/guest-console.log >&2
@@ -203,7 +204,7 @@ else
     fi
     echo "  guest run: $(($(date +%s) - start)) s"
     sanitizer_check guest build/results/guest-console.log
-    for suite in kernel acceptor conformance interop serve h2 halfclose example hostile; do
+    for suite in kernel acceptor conformance interop serve h2 halfclose example hostile h2attack browser; do
         [ -f "build/vm/$suite.tap" ] || : >"build/vm/$suite.tap"
         cp "build/vm/$suite.tap" "build/results/$suite-guest.tap"
         grep -E '^not ok' -A8 "build/vm/$suite.tap" | head -40 || true

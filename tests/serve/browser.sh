@@ -150,6 +150,8 @@ start_server latin1 --workers 1 --charset iso-8859-1
 latin1_pid=$spid latin1_url=$url
 
 fds() { ls "/proc/$1/fd" | wc -l; }
+tls_stat() { awk -v k="$1" '$1 == k { print $2 }' /proc/net/tls_stat 2>/dev/null || echo 0; }
+tx0=$(tls_stat TlsTxSw) rx0=$(tls_stat TlsRxSw)
 main_fds=$(fds "$main_pid") latin1_fds=$(fds "$latin1_pid")
 
 # ---- the browser (browser.mjs), its lines replayed here so that tap.sh numbers and counts them
@@ -188,6 +190,14 @@ gone=$(cut_short)
 check "access log: the range the browser abandoned ended client-gone, part sent ($gone such line)" \
     '[ "$gone" -ge 1 ]' "$(wav_lines)"
 wav_lines | awk '{ print "# access log: tone.wav", $9, $10 " bytes", $NF }'
+if [ "$expect" = kernel ]; then
+    # With --ktls require every connection the browser made had its records carried by the kernel,
+    # both ways: each logged in kernel mode, and counted in tls_stat.
+    modes=$(awk '{ print $(NF - 3) }' "$work/access.log" | sort -u | tr '\n' ' ')
+    tx=$(($(tls_stat TlsTxSw) - tx0)) rx=$(($(tls_stat TlsRxSw) - rx0))
+    check "kernel TLS carried the browser's connections: every response logged '$modes', tls_stat +$tx TX +$rx RX" \
+        '[ "$modes" = "kernel " ] && [ $tx -ge 1 ] && [ $rx -ge 1 ]' "$(head -n 5 "$work/access.log")"
+fi
 others=$(grep -vE ' (ok|client-gone)$' "$work/access.log")
 check "access log: every response ended ok or client-gone" '[ -z "$others" ]' "$others"
 got=$(curl -sk --max-time 60 "${main_url}tone.wav" | sha256sum | cut -d' ' -f1)
