@@ -106,14 +106,27 @@ bool files_path_hidden(const char *rel)
     return false;
 }
 
-static int openat2_beneath(int root_fd, const char *rel, int flags)
+static int openat2_resolve(int root_fd, const char *rel, int flags, uint64_t resolve)
 {
     struct open_how how = {
         .flags = (uint64_t)flags,
-        .resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS,
+        .resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | resolve,
     };
     long fd = syscall(SYS_openat2, root_fd, rel, &how, sizeof(how));
     return fd < 0 ? -errno : (int)fd;
+}
+
+static int openat2_beneath(int root_fd, const char *rel, int flags)
+{
+    return openat2_resolve(root_fd, rel, flags, 0);
+}
+
+bool files_can_resolve_cached(int root_fd)
+{
+    int fd = openat2_resolve(root_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC, RESOLVE_CACHED);
+    if (fd >= 0)
+        close(fd);
+    return fd >= 0 || fd == -EAGAIN;
 }
 
 int files_probe(int root_fd)
@@ -125,10 +138,9 @@ int files_probe(int root_fd)
     return 0;
 }
 
-int files_open_beneath(int root_fd, const char *rel)
+/* files_open_beneath's errors, as statuses. */
+static int open_status(int fd)
 {
-    /* O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused after fstat). */
-    int fd = openat2_beneath(root_fd, rel, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
     if (fd >= 0)
         return fd;
     switch (fd) {
@@ -139,6 +151,29 @@ int files_open_beneath(int root_fd, const char *rel)
     default: /* EXDEV: the path leaves DIR; EACCES, ELOOP, ... */
         return -403;
     }
+}
+
+int files_open_beneath(int root_fd, const char *rel)
+{
+    /* O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused after fstat). */
+    return open_status(openat2_beneath(root_fd, rel, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY));
+}
+
+#define OPEN_COLD (-1) /* open_in: the lookup needs the disk (cached_only); never a status */
+
+/* files_open_beneath, or with s->cached_only from the dentry cache alone: OPEN_COLD (the path
+ * in s->cold) where that would need the disk. */
+static int open_in(struct files_scratch *s, int root_fd, const char *rel)
+{
+    if (!s->cached_only)
+        return files_open_beneath(root_fd, rel);
+    int fd = openat2_resolve(root_fd, rel, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY,
+                             RESOLVE_CACHED);
+    if (fd == -EAGAIN) {
+        snprintf(s->cold, sizeof(s->cold), "%s", rel);
+        return OPEN_COLD;
+    }
+    return open_status(fd);
 }
 
 void files_etag(const struct stat *st, char *buf, size_t cap)
@@ -492,8 +527,9 @@ static const struct coding {
  * up beneath DIR as the file was, so a link out of DIR is no sibling. path has room for the
  * extension and is left as it was.
  */
-static const struct coding *pick_sibling(int root_fd, const char *accept, char *path, int *fd,
-                                         struct stat *st, struct http_response *resp)
+static const struct coding *pick_sibling(struct files_scratch *s, int root_fd, const char *accept,
+                                         char *path, int *fd, struct stat *st,
+                                         struct http_response *resp, bool *cold)
 {
     size_t len = strlen(path);
     const struct coding *best = NULL;
@@ -501,8 +537,12 @@ static const struct coding *pick_sibling(int root_fd, const char *accept, char *
     for (size_t i = 0; i < sizeof(codings) / sizeof(codings[0]); i++) {
         struct stat sst;
         strcpy(path + len, codings[i].ext);
-        int sfd = files_open_beneath(root_fd, path);
+        int sfd = open_in(s, root_fd, path);
         path[len] = '\0';
+        if (sfd == OPEN_COLD) {
+            *cold = true;
+            return NULL;
+        }
         if (sfd < 0)
             continue;
         if (fstat(sfd, &sst) < 0 || !S_ISREG(sst.st_mode)) {
@@ -546,7 +586,9 @@ static int answer_file(int root_fd, const struct mime_table *mime, const struct 
      * told either. */
     if (!mime->allow_dotfiles && files_path_hidden(path))
         return 404;
-    int fd = files_open_beneath(root_fd, path);
+    int fd = open_in(s, root_fd, path);
+    if (fd == OPEN_COLD)
+        return FILES_COLD;
     if (fd < 0)
         return -fd;
     if (fstat(fd, &st) < 0)
@@ -566,7 +608,9 @@ static int answer_file(int root_fd, const struct mime_table *mime, const struct 
             strcat(path, "/index.html");
         else
             strcpy(path, "index.html");
-        fd = files_open_beneath(root_fd, path);
+        fd = open_in(s, root_fd, path);
+        if (fd == OPEN_COLD)
+            return FILES_COLD;
         if (fd < 0)
             return -fd; /* no index.html: no listing either */
         if (fstat(fd, &st) < 0)
@@ -578,7 +622,13 @@ static int answer_file(int root_fd, const struct mime_table *mime, const struct 
     }
     /* Without Accept-Encoding only the file itself: RFC 9110 would allow any coding then, but
      * a client that sent nothing may well not decode one (nginx's gzip_static agrees). */
-    const struct coding *coding = pick_sibling(root_fd, q->accept_encoding, path, &fd, &st, resp);
+    bool cold = false;
+    const struct coding *coding =
+        pick_sibling(s, root_fd, q->accept_encoding, path, &fd, &st, resp, &cold);
+    if (cold) {
+        close(fd);
+        return FILES_COLD;
+    }
     /* Blocking reads from now on: sendfile(2) and io_uring reads want a plain file. */
     fcntl(fd, F_SETFL, 0);
 

@@ -59,6 +59,8 @@ struct h2stream {
     int status;
     bool answered, closed, reset_by_peer;
     unsigned frames; /* DATA frames made by read_file() whose send has not completed */
+    struct warm *warm;   /* its cold path being looked up (worker_warm) */
+    uint8_t cold_rounds;
     int fd;
     uint64_t off, left;   /* the next byte of the file to frame, and how many are left */
     uint64_t frame_off;   /* where the DATA frame being sent starts in the file */
@@ -82,7 +84,8 @@ struct h2conn {
     bool recv_pending, send_pending, ending, eof, drain_final;
     uint64_t last_req_ns, progress_ns, seen_sent, window_ns, notice_ns;
     unsigned resets, controls;
-    uint8_t in[RECORD];
+    uint8_t *in; /* RECORD bytes while something is being received; NULL while idle */
+    bool idle_wait; /* the receive in flight is ktla_conn_recv_ready's, holding no buffer */
 };
 
 static uint64_t now_ns(void)
@@ -109,6 +112,7 @@ static void request_free(struct http_request *q)
 static void stream_free(struct h2stream *st, const char *end)
 {
     struct h2conn *c = st->c;
+    worker_warm_forget(st->warm);
     if (st->answered)
         worker_log(c->w, ktla_conn_get_info(c->kc), &st->req, st->status, st->head_bytes,
                    st->body_sent, st->start_ns, end);
@@ -170,6 +174,8 @@ static ssize_t read_text(nghttp2_session *s, int32_t id, uint8_t *buf, size_t le
     return (ssize_t)n;
 }
 
+static void on_warm(void *owner, uint32_t id);
+
 static void answer(struct h2conn *c, struct h2stream *st)
 {
     struct worker *w = c->w;
@@ -186,7 +192,19 @@ static void answer(struct h2conn *c, struct h2stream *st)
         q->status = 501; /* a method token we do not know (nghttp2 checked it is one) */
     if (!q->status && !q->target)
         q->status = 400;
+    /* A cold path is looked up by io_uring and the stream answered when that is over (see
+     * worker_warm): the other streams, and the other connections, go on meanwhile. */
+    w->scratch.cached_only = w->cached_lookups && st->cold_rounds < WORKER_COLD_ROUNDS;
     int status = files_answer(w->cfg->root_fd, &w->cfg->mime, q, &w->scratch, &resp, &fb);
+    if (status == FILES_COLD) {
+        st->cold_rounds++;
+        if ((st->warm = worker_warm(w, w->scratch.cold, on_warm, c, (uint32_t)st->id))) {
+            st->answered = false;
+            return;
+        }
+        w->scratch.cached_only = false;
+        status = files_answer(w->cfg->root_fd, &w->cfg->mime, q, &w->scratch, &resp, &fb);
+    }
     st->status = resp.status = status;
     st->fd = fb.fd;
     st->off = fb.off;
@@ -238,6 +256,20 @@ static void answer(struct h2conn *c, struct h2stream *st)
     bool has_body = st->left || st->text_len;
     if (nghttp2_submit_response(c->s, st->id, nv, (size_t)nf + 1, has_body ? &body : NULL))
         nghttp2_submit_rst_stream(c->s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
+}
+
+/* The cold path of a stream's request has been looked up: it is answered now. */
+static void on_warm(void *owner, uint32_t id)
+{
+    struct h2conn *c = owner;
+    struct h2stream *st = stream_get(c, (int32_t)id);
+    if (!st)
+        return;
+    st->warm = NULL;
+    if (c->ending || st->closed)
+        return;
+    answer(c, st);
+    conn_pump(c);
 }
 
 /* ---- nghttp2's callbacks */
@@ -521,6 +553,7 @@ static void conn_free(struct h2conn *c, const char *why)
     while (c->streams)
         stream_free(c->streams, why);
     nghttp2_session_del(c->s);
+    free(c->in);
     free(c->out);
     free(c->sending);
     free(c);
@@ -576,12 +609,43 @@ static void on_gone(struct ktla_conn *kc, int result, void *arg)
 
 static void on_recv(struct ktla_conn *kc, ssize_t n, void *arg);
 
+static void on_ready(struct ktla_conn *kc, ssize_t n, void *arg);
+
+/* The next receive. A connection with no stream open and nothing to send (browsers keep them
+ * for minutes) waits without a buffer, as HTTP/1.1's idle connections do, and gets one when
+ * input is there. */
 static void post_recv(struct h2conn *c)
 {
     if (c->recv_pending || c->eof || c->ending || c->out_len >= OUT_MAX / 2 ||
         !nghttp2_session_want_read(c->s))
         return;
-    if (ktla_conn_recv(c->kc, c->in, sizeof(c->in), on_recv, c) < 0)
+    if (!c->streams && !c->send_pending && !c->out_len) {
+        free(c->in);
+        c->in = NULL;
+        if (ktla_conn_recv_ready(c->kc, on_ready, c) < 0)
+            return conn_abort(c, "error");
+        c->recv_pending = c->idle_wait = true;
+        return;
+    }
+    if (!c->in && !(c->in = malloc(RECORD)))
+        return conn_abort(c, "error");
+    if (ktla_conn_recv(c->kc, c->in, RECORD, on_recv, c) < 0)
+        return conn_abort(c, "error");
+    c->recv_pending = true;
+    c->idle_wait = false;
+}
+
+static void on_ready(struct ktla_conn *kc, ssize_t n, void *arg)
+{
+    struct h2conn *c = arg;
+    c->recv_pending = c->idle_wait = false;
+    if (c->ending)
+        return;
+    if (n < 0) /* the end of the stream, or an error: the receive says which */
+        return on_recv(kc, n == KTLA_ETRUNCATED ? 0 : n, arg);
+    if (!c->in && !(c->in = malloc(RECORD)))
+        return conn_abort(c, "error");
+    if (ktla_conn_recv(c->kc, c->in, RECORD, on_recv, c) < 0)
         return conn_abort(c, "error");
     c->recv_pending = true;
 }
@@ -776,6 +840,8 @@ void h2_tick(struct worker *w, uint64_t now)
             conn_pump(c);
             continue;
         }
+        if (c->idle_wait)
+            ktla_conn_trim(c->kc); /* idle: its TLS buffers go too (userspace mode) */
         if (c->streams || c->send_pending) {
             uint64_t last = c->progress_ns > c->last_req_ns ? c->progress_ns : c->last_req_ns;
             if (now - last >= idle)

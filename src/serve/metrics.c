@@ -143,6 +143,11 @@ char *metrics_format(struct worker_metrics *const *mv, unsigned n, size_t *len)
            "Response bytes sent, heads and bodies (what left of responses cut short).");
     EACH_WORKER fprintf(f, "ktla_serve_sent_bytes_total{worker=\"%u\"} %llu\n", w,
                         (unsigned long long)metric_get(&mv[w]->bytes));
+    family(f, "ktla_serve_cold_lookups_total", "counter",
+           "Request paths not in the kernel's dentry cache, looked up by io_uring rather than "
+           "by the worker (a cold directory holds its request, not the worker).");
+    EACH_WORKER fprintf(f, "ktla_serve_cold_lookups_total{worker=\"%u\"} %llu\n", w,
+                        (unsigned long long)metric_get(&mv[w]->cold_lookups));
     family(f, "ktla_serve_responses_total", "counter",
            "Responses begun, by status code (codes seen only).");
     EACH_WORKER for (int s = METRICS_STATUS_MIN; s <= METRICS_STATUS_MAX; s++) {

@@ -39,6 +39,7 @@ struct worker_metrics {
     metric_t status[METRICS_STATUS_MAX - METRICS_STATUS_MIN + 1];
     metric_t duration_bucket[METRICS_BUCKETS + 1]; /* not cumulative: the scrape adds them up */
     metric_t duration_ns;
+    metric_t cold_lookups; /* paths not in the dentry cache, looked up by io_uring (worker_warm) */
 };
 
 /* The one writer's update: a plain add, made visible to the reader whole. */

@@ -200,7 +200,20 @@ struct files_scratch {
     char path[HTTP_URL_MAX + 16];
     char location[FILES_LOCATION_MAX];
     char etag[64];
+    /* Set by the caller: a path lookup that is not all in the kernel's dentry cache (a cold
+     * directory: reading it from disk would block the thread) is not done; files_answer then
+     * returns FILES_COLD with the path it wanted in `cold`, for the caller to look up where
+     * waiting is harmless (ktla-serve: io_uring's openat2) and ask again. */
+    bool cached_only;
+    char cold[HTTP_URL_MAX + 16];
 };
+
+/* files_answer's "not without the disk" (see files_scratch.cached_only): never an HTTP status. */
+#define FILES_COLD 1
+
+/* Whether this kernel can look a path up from the dentry cache alone (openat2 RESOLVE_CACHED,
+ * Linux 5.12). */
+bool files_can_resolve_cached(int root_fd);
 
 /* What is sent after the head: for 200 and 206, `len` bytes of `fd` from `off`; else fd -1. */
 struct files_body {
@@ -215,7 +228,7 @@ struct files_body {
  * (the higher q-value; br on a tie), with Content-Encoding, the sibling's own validators (the
  * ETag marked -br or -gz) and ranges counted in its bytes; every answer about such a file says
  * Vary: Accept-Encoding. Returns the status (a reading error in q->status as it is; 405, 413; what
- * the file gives) and fills resp's fields for it (validators, type, range, Location, Allow; not the
+ * the file gives), or FILES_COLD (nothing opened, nothing to close), and fills resp's fields for it (validators, type, range, Location, Allow; not the
  * connection and not an error's text) and *body. ktla-serve answers with it, and the HTTP
  * fuzzer checks it: one function, so the fuzzer never tests a copy that has drifted.
  */

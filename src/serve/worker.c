@@ -24,6 +24,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/openat2.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,7 +39,7 @@
 #define LINGER_MS WORKER_LINGER_MS
 #define NS 1000000000ull
 
-enum { OWN_TICK = 1, OWN_WAKE, OWN_CANCEL };
+enum { OWN_TICK = 1, OWN_WAKE, OWN_CANCEL, OWN_WARM };
 
 enum sconn_state { S_READ, S_WRITE };
 
@@ -72,6 +73,8 @@ struct sconn {
     uint64_t sent_base; /* ktla's bytes_sent when this response began */
     unsigned head_len;
     uint64_t seen_sent; /* ktla's bytes_sent at the last tick: a body slice still moving */
+    struct warm *warm;  /* a cold path being looked up for this request (worker_warm) */
+    uint8_t cold_rounds;
 };
 
 _Static_assert(sizeof(struct sconn) <= SCONN_BYTES, "an idle connection fits one 192-byte chunk");
@@ -310,6 +313,8 @@ static void conn_close(struct sconn *c, const char *why)
 {
     struct worker *w = c->w;
 
+    worker_warm_forget(c->warm);
+    c->warm = NULL;
     log_cut(c, why);
     conn_unlink(c);
     w->nconns--;
@@ -342,6 +347,8 @@ static void conn_end(struct sconn *c)
 {
     struct worker *w = c->w;
 
+    worker_warm_forget(c->warm);
+    c->warm = NULL;
     if (ktla_conn_shutdown(c->kc, LINGER_MS, on_closed, c) < 0)
         return conn_close(c, "error");
     conn_unlink(c);
@@ -496,6 +503,16 @@ static void on_head_body_sent(struct ktla_conn *kc, ssize_t n, void *arg)
 
 /* ---- answering one request */
 
+static void respond(struct sconn *c);
+
+static void on_warm(void *owner, uint32_t tag)
+{
+    struct sconn *c = owner;
+    (void)tag;
+    c->warm = NULL;
+    respond(c);
+}
+
 static void respond(struct sconn *c)
 {
     struct worker *w = c->w;
@@ -508,7 +525,18 @@ static void respond(struct sconn *c)
     c->body_sent = c->head_len = 0;
     c->out_len = c->inline_body = 0;
     c->sent_base = ktla_conn_get_info(c->kc)->bytes_sent;
+    /* A lookup that would wait for the disk is done by io_uring instead, and the answer asked
+     * for again once it is over: a cold directory holds this request, not the worker. */
+    w->scratch.cached_only = w->cached_lookups && c->cold_rounds < WORKER_COLD_ROUNDS;
     int status = files_answer(w->cfg->root_fd, &w->cfg->mime, q, &w->scratch, &resp, &fb);
+    if (status == FILES_COLD) {
+        c->cold_rounds++;
+        if ((c->warm = worker_warm(w, w->scratch.cold, on_warm, c, 0)))
+            return;
+        w->scratch.cached_only = false;
+        status = files_answer(w->cfg->root_fd, &w->cfg->mime, q, &w->scratch, &resp, &fb);
+    }
+    c->cold_rounds = 0;
     c->file_fd = fb.fd;
     c->body_off = fb.off;
     c->body_left = fb.len;
@@ -671,6 +699,8 @@ static void on_conn(struct ktla_conn *kc, void *arg)
     c->in_cap = 0;
     c->in_len = c->in_off = 0;
     c->seen_sent = 0;
+    c->warm = NULL;
+    c->cold_rounds = 0;
     c->fresh = true;
     c->active_ns = now_ns();
     if (w->nconns > w->cfg->max_conns) {
@@ -812,11 +842,60 @@ static void tick(struct worker *w)
     h2_tick(w, now);
 }
 
+struct warm {
+    struct own_op op; /* first: its address is the user_data */
+    void (*done)(void *owner, uint32_t tag);
+    void *owner; /* NULL once forgotten */
+    uint32_t tag;
+    struct open_how how;
+};
+
+struct warm *worker_warm(struct worker *w, const char *rel, void (*done)(void *owner, uint32_t tag),
+                         void *owner, uint32_t tag)
+{
+    struct warm *wm = malloc(sizeof(*wm));
+    if (!wm)
+        return NULL;
+    struct io_uring_sqe *sqe = own_sqe(w);
+    if (!sqe) {
+        free(wm);
+        return NULL;
+    }
+    *wm = (struct warm){.op.kind = OWN_WARM, .done = done, .owner = owner, .tag = tag};
+    /* The same lookup as files_answer's, beneath DIR; only its side effect counts (the dentries
+     * and directory blocks it brings into memory). O_PATH: no FIFO waits, nothing is read. */
+    wm->how = (struct open_how){.flags = O_PATH | O_CLOEXEC,
+                                .resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS};
+    io_uring_prep_openat2(sqe, w->cfg->root_fd, rel, &wm->how);
+    io_uring_sqe_set_data(sqe, &wm->op);
+    w->own_inflight++;
+    /* Submitted now: the kernel copies the path and `how` at submission, so the caller's
+     * scratch may change as soon as this returns. */
+    io_uring_submit(&w->ring);
+    metric_add(&w->metrics.cold_lookups, 1);
+    return wm;
+}
+
+void worker_warm_forget(struct warm *wm)
+{
+    if (wm)
+        wm->owner = NULL;
+}
+
 static void own_complete(struct worker *w, struct io_uring_cqe *cqe)
 {
     struct own_op *op = io_uring_cqe_get_data(cqe);
 
     w->own_inflight--;
+    if (op->kind == OWN_WARM) {
+        struct warm *wm = (struct warm *)op;
+        if (cqe->res >= 0)
+            close(cqe->res);
+        if (wm->owner)
+            wm->done(wm->owner, wm->tag);
+        free(wm);
+        return;
+    }
     if (op == &w->tick_op) {
         w->tick_armed = false;
         tick(w);
@@ -1021,6 +1100,7 @@ int worker_init(struct worker *w)
         ktla_acceptor_set_plain_reply(w->acc[i], plain_400, sizeof(plain_400) - 1);
     }
 arm:
+    w->cached_lookups = files_can_resolve_cached(w->cfg->root_fd);
     w->tick_op.kind = OWN_TICK;
     w->wake_op.kind = OWN_WAKE;
     w->cancel_op.kind = OWN_CANCEL;

@@ -61,6 +61,7 @@ struct worker {
     } tick_op, wake_op, cancel_op;
     unsigned own_inflight;
     bool tick_armed, wake_armed;
+    bool cached_lookups; /* openat2 RESOLVE_CACHED works here (files_can_resolve_cached) */
     uint64_t wake_val;
     struct __kernel_timespec tick_ts;
     uint64_t served;
@@ -76,6 +77,19 @@ struct worker {
     struct files_scratch scratch;
     char head[2048];
 };
+
+/* A path that files_answer found cold (FILES_COLD), looked up by io_uring's openat2, where the
+ * wait for the disk is the kernel's worker threads', not this thread's. done(owner, tag) runs
+ * from the ring when the lookup is over (whatever it found: the answer is asked for again, now
+ * from the cache). NULL when it could not be submitted: then answer the blocking way. */
+struct warm;
+struct warm *worker_warm(struct worker *w, const char *rel, void (*done)(void *owner, uint32_t tag),
+                         void *owner, uint32_t tag);
+/* The owner is gone: the lookup's completion only frees it. */
+void worker_warm_forget(struct warm *wm);
+/* How many lookups one answer may wait for (the file, index.html, each sibling) before the rest
+ * is done the blocking way. */
+#define WORKER_COLD_ROUNDS 4
 
 /* A graceful end waits this long at most for the client's own close. */
 #define WORKER_LINGER_MS 5000

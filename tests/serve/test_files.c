@@ -404,3 +404,47 @@ Test(files_open, precompressed_siblings_by_accept_encoding)
     cr_assert(b.len == 5 && !r.content_encoding);
     cr_assert_str_eq(r.content_type, "application/gzip");
 }
+
+/* cached_only: an answer that needs nothing from the disk is the same answer; a lookup that would
+ * need it is not made (FILES_COLD, the path in `cold`, nothing left open), and once the path has
+ * been looked up the ordinary way, the answer comes from the cache. Whether a lookup is cached is
+ * the kernel's business, so each step says which of the two outcomes it accepts. */
+Test(files_open, cached_only_answers_from_the_cache_or_says_which_path_is_cold)
+{
+    static struct files_scratch s;
+    struct mime_table mime = {0};
+    struct http_response r = {0}, plain = {0};
+    struct files_body b, pb;
+    cr_assert(files_can_resolve_cached(root_fd), "openat2 RESOLVE_CACHED (Linux 5.12) is missing");
+
+    struct http_request q = {.method = HTTP_GET, .target = "/f.txt", .target_len = 6};
+    int want = files_answer(root_fd, &mime, &q, &s, &plain, &pb); /* warms it */
+    cr_assert_eq(want, 200);
+    close(pb.fd);
+    s.cached_only = true;
+    int got = files_answer(root_fd, &mime, &q, &s, &r, &b);
+    cr_assert_eq(got, 200, "a path just looked up is in the cache: %d", got);
+    cr_assert_eq(r.content_length, plain.content_length);
+    close(b.fd);
+
+    /* A name never looked up: either its absence is cached already (404) or it is cold. */
+    int fds = 0;
+    for (int fd = 0; fd < 256; fd++)
+        fds += fcntl(fd, F_GETFD) >= 0;
+    struct http_request miss = {.method = HTTP_GET, .target = "/d/nothing-here.txt",
+                                .target_len = 19};
+    memset(&r, 0, sizeof(r));
+    got = files_answer(root_fd, &mime, &miss, &s, &r, &b);
+    cr_assert(got == 404 || got == FILES_COLD, "%d", got);
+    if (got == FILES_COLD)
+        cr_assert_str_eq(s.cold, "d/nothing-here.txt");
+    int fds_after = 0;
+    for (int fd = 0; fd < 256; fd++)
+        fds_after += fcntl(fd, F_GETFD) >= 0;
+    cr_assert_eq(fds_after, fds, "FILES_COLD left a descriptor open");
+    /* Looked up the ordinary way (what io_uring's openat2 does for ktla-serve), it is cached. */
+    s.cached_only = false;
+    cr_assert_eq(files_answer(root_fd, &mime, &miss, &s, &r, &b), 404);
+    s.cached_only = true;
+    cr_assert_eq(files_answer(root_fd, &mime, &miss, &s, &r, &b), 404);
+}
