@@ -6,13 +6,19 @@
 # freshly started server. The figure that counts is the server's CPU time per operation (on two
 # cores the client shares the machine, so requests/s would measure the client as much).
 #
-# usage: scripts/bench-compare.sh [--quick] [--guest] [--bodies] [--runs N] [--build DIR] [--out DIR]
+# usage: scripts/bench-compare.sh [--quick] [--guest] [--bodies|--h2] [--runs N] [--build DIR] [--out DIR]
 #   --quick      shorter runs and fewer of them (under 3 minutes on the host)
 #   --guest      the same comparison inside the guest kernel (scripts/vm.sh), where both servers
 #                can use kernel TLS; there the ratio counts, not the absolute figures
 #   --bodies     instead of nginx, compare ktla-serve's two body paths with each other:
 #                --file-io sendfile (A) against --file-io splice (B), on the 64 KiB GET and the
 #                download workloads (meaningful with --guest, where bodies go through kernel TLS)
+#   --h2         HTTP/2 instead: h2load (nghttp2's load generator) as the client, 64 KiB GETs (16
+#                connections, 10 streams each) and 100 MiB downloads (2 connections), against
+#                ktla-serve over h2, nginx with 'listen ... http2' (which turns sendfile off for
+#                HTTP/2 and copies bodies through userspace even with kernel TLS) and ktla-serve
+#                over HTTP/1.1 with the same client (h2load --h1); the figure is the server's CPU
+#                time (utime + stime of its processes) per request or per MiB
 #   --runs N     runs per server and workload (default 5; --quick 3)
 #   --build DIR  where ktla-serve and ktla-bench are (default: build)
 #   --out DIR    results: results.md (the table), chart.png, runs/*.json (default: build/bench,
@@ -21,12 +27,13 @@
 set -uo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
-quick=0 guest=0 in_guest=0 bodies=0 runs= build="$here/build" out=
+quick=0 guest=0 in_guest=0 bodies=0 h2=0 runs= build="$here/build" out=
 while [ $# -gt 0 ]; do
     case "$1" in
     --quick) quick=1 ;;
     --guest) guest=1 ;;
     --bodies) bodies=1 ;;
+    --h2) h2=1 ;;
     --in-guest) in_guest=1 ;; # internal: the half that runs inside the guest
     --runs) runs=$2; shift ;;
     --build) build=$2; shift ;;
@@ -37,7 +44,7 @@ while [ $# -gt 0 ]; do
     shift
 done
 build=$(cd "$build" 2>/dev/null && pwd) || { echo "bench-compare.sh: no build directory" >&2; exit 2; }
-[ -n "$out" ] || out="$here/build/bench$([ $bodies = 1 ] && echo -bodies)$([ $guest = 1 ] && echo -guest)"
+[ -n "$out" ] || out="$here/build/bench$([ $bodies = 1 ] && echo -bodies)$([ $h2 = 1 ] && echo -h2)$([ $guest = 1 ] && echo -guest)"
 mkdir -p "$out" && out=$(cd "$out" && pwd)
 
 if [ $guest = 1 ]; then
@@ -45,6 +52,7 @@ if [ $guest = 1 ]; then
     args=(--in-guest --build "$build" --out "$out")
     [ $quick = 1 ] && args+=(--quick)
     [ $bodies = 1 ] && args+=(--bodies)
+    [ $h2 = 1 ] && args+=(--h2)
     [ -n "$runs" ] && args+=(--runs "$runs")
     rm -f "$out/results.md"
     echo "== bench-compare inside the guest kernel (scripts/vm.sh); console log: $out/console.log"
@@ -142,7 +150,7 @@ http {
     scgi_temp_path $work/nginx/scgi;
     default_type application/octet-stream;
     server {
-        listen 127.0.0.1:$port ssl backlog=4096;
+        listen 127.0.0.1:$port ssl backlog=4096$([ $h2 = 1 ] && echo " http2");
         ssl_certificate $work/cert.pem;
         ssl_certificate_key $work/key.pem;
         ssl_protocols TLSv1.3;
@@ -157,7 +165,7 @@ EOF
 server_pid=
 start_server() {
     local side=$1 log="$work/$1.log"
-    if [ "$side" = ktla ] || [ "$side" = splice ]; then
+    if [ "$side" = ktla ] || [ "$side" = splice ] || [ "$side" = ktla-h1 ]; then
         [ -x "$serve" ] || { echo "$serve is not built" >"$log"; return 1; }
         local fio=sendfile
         [ "$side" = splice ] && fio=splice
@@ -198,6 +206,116 @@ tls_counters() { # TlsTxSw TlsRxSw, or "0 0" where the kernel has no TLS
 }
 
 json_get() { sed -n "s/.*\"$2\": \([^,}]*\).*/\1/p" "$1" 2>/dev/null | tr -d '"'; }
+
+if [ $h2 = 1 ]; then
+    command -v h2load >/dev/null || { echo "bench-compare.sh: h2load is missing (scripts/deps.sh)" >&2; exit 2; }
+    # cpu_ticks PID: utime + stime of the process and its children (nginx's worker), in ticks.
+    cpu_ticks() {
+        local p t=0 u s
+        for p in "$1" $(cat /proc/"$1"/task/*/children 2>/dev/null); do
+            read -r u s <<<"$(awk '{ print $14, $15 }' /proc/"$p"/stat 2>/dev/null)"
+            t=$((t + ${u:-0} + ${s:-0}))
+        done
+        echo $t
+    }
+    hz=$(getconf CLK_TCK)
+    # name | h2load arguments | per (request or mib) | target ratio against nginx
+    h2_workloads=(
+        "64 KiB GET, 10 streams on each of 16 connections|-c 16 -m 10 /64k.bin|request|0.7"
+        "100 MiB download, 2 connections|-c 2 -m 1 /100m.bin|mib|0.7"
+    )
+    sides=(ktla nginx ktla-h1)
+    declare -A ktls_tx ktls_rx
+    for side in "${sides[@]}"; do ktls_tx[$side]=0 ktls_rx[$side]=0; done
+    status=0
+    started=$(date +%s)
+    echo "== bench-compare --h2 ($where, $runs runs each, ${duration}s measured + ${warmup}s warm-up; port $port)"
+    for w in "${!h2_workloads[@]}"; do
+        IFS='|' read -r name hargs per target <<<"${h2_workloads[$w]}"
+        read -r -a hargs <<<"$hargs"
+        path=${hargs[-1]}
+        unset 'hargs[-1]'
+        for r in $(seq "$runs"); do
+            for side in "${sides[@]}"; do
+                tag="w$w-$side-$r"
+                if ! start_server $side; then
+                    echo "  $tag: the server did not start: $(tail -n 1 "$work/$side.log")"
+                    stop_server
+                    status=1
+                    continue
+                fi
+                proto=()
+                [ $side = ktla-h1 ] && proto=(--h1)
+                read -r tx0 rx0 <<<"$(tls_counters)"
+                # The warm-up's CPU is not counted: h2load's own --warm-up-time measures from its
+                # end, and the server's ticks are read then too.
+                (sleep "$warmup"; cpu_ticks "$server_pid" >"$work/t0") &
+                ticker=$!
+                timeout -k 5 $((${duration%.*} + 120)) taskset -c 1 h2load "${proto[@]}" \
+                    "${hargs[@]}" -D "$duration" --warm-up-time "$(awk -v w="$warmup" 'BEGIN { printf "%dms", w * 1000 }')" \
+                    --tls13-ciphers TLS_AES_128_GCM_SHA256 "https://127.0.0.1:$port$path" \
+                    >"$out/runs/$tag.log" 2>&1
+                rc=$?
+                t1=$(cpu_ticks "$server_pid")
+                wait $ticker
+                t0=$(cat "$work/t0" 2>/dev/null || echo 0)
+                read -r tx1 rx1 <<<"$(tls_counters)"
+                ktls_tx[$side]=$((ktls_tx[$side] + tx1 - tx0))
+                ktls_rx[$side]=$((ktls_rx[$side] + rx1 - rx0))
+                proto_used=$(sed -n 's/^Application protocol: //p' "$out/runs/$tag.log")
+                reqs=$(sed -n 's/^requests: .* \([0-9]*\) succeeded.*/\1/p' "$out/runs/$tag.log")
+                failed=$(sed -n 's/^requests: .* \([0-9]*\) failed.*/\1/p' "$out/runs/$tag.log")
+                data=$(sed -n 's/^traffic: .*(\([0-9]*\)) data$/\1/p' "$out/runs/$tag.log")
+                stop_server
+                value=
+                if [ "$per" = request ] && [ "${reqs:-0}" -gt 0 ]; then
+                    value=$(awk -v t=$((t1 - t0)) -v hz="$hz" -v n="$reqs" 'BEGIN { printf "%.2f", t * 1e6 / hz / n }')
+                elif [ "$per" = mib ] && [ "${data:-0}" -gt 0 ]; then
+                    value=$(awk -v t=$((t1 - t0)) -v hz="$hz" -v b="$data" 'BEGIN { printf "%.3f", t * 1e3 / hz / (b / 1048576) }')
+                fi
+                want_proto=h2
+                [ $side = ktla-h1 ] && want_proto=http/1.1
+                [ "$proto_used" = $want_proto ] || { value=; echo "protocol '$proto_used', not $want_proto" >>"$out/runs/$tag.log"; }
+                [ $rc = 0 ] && [ "${failed:-1}" = 0 ] || status=1
+                echo "${value:--} ${reqs:-0} ${data:-0} ${failed:-?}" >"$out/runs/$tag.fig"
+                echo "  $tag: ${value:-?} per $per, $reqs requests, $data bytes, ${failed:-?} failed, $proto_used, exit $rc"
+            done
+        done
+    done
+    median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print ""; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+    fig() { cat "$out"/runs/w$1-$2-*.fig 2>/dev/null | awk '$1 != "-" { print $1 }' | median; }
+    ratio() { [ -n "$1" ] && [ -n "$2" ] && awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b }'; }
+    commit=$(git -C "$here" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    [ -n "$(git -C "$here" status --porcelain -- src include bench 2>/dev/null)" ] && commit="$commit+changes"
+    table="$out/results.md"
+    {
+        echo "### HTTP/2: ktla-serve vs nginx $(nginx -v 2>&1 | sed 's|.*nginx/||') (http2), $where kernel $(uname -r)"
+        echo
+        echo "$(date -u '+%Y-%m-%d %H:%M UTC'), commit $commit, h2load $(h2load --version 2>&1 | sed -n 's/^h2load nghttp2\/\([^ ]*\).*/\1/p'), $runs runs each (medians), ${duration} s measured after ${warmup} s warm-up$([ $quick = 1 ] && echo ', --quick')"
+        echo
+        echo "| workload | server CPU per | ktla h2 | nginx h2 | ktla h2 / nginx h2 | target | ktla HTTP/1.1 | ktla h2 / ktla HTTP/1.1 | target |"
+        echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        for w in "${!h2_workloads[@]}"; do
+            IFS='|' read -r name hargs per target <<<"${h2_workloads[$w]}"
+            k=$(fig $w ktla) n=$(fig $w nginx) h=$(fig $w ktla-h1)
+            unit="µs per request"
+            [ $per = mib ] && unit="ms per MiB"
+            echo "| $name | $unit | ${k:-failed} | ${n:-failed} | $(ratio "$k" "$n") | ≤ $target | ${h:-failed} | $(ratio "$k" "$h") | ≤ 1.1 |"
+        done
+        echo
+        if [ $in_guest = 1 ]; then
+            for side in "${sides[@]}"; do
+                echo "- $side: kernel TLS contexts opened during its runs (/proc/net/tls_stat): TX ${ktls_tx[$side]}, RX ${ktls_rx[$side]}"
+            done
+        else
+            echo "- this kernel has $([ -r /proc/net/tls_stat ] && echo "kernel TLS" || echo "no kernel TLS: every server encrypts in userspace")."
+        fi
+        echo "- CPU: utime + stime of the server's processes from /proc (${hz} ticks a second), after h2load's warm-up; each run's h2load output: $out/runs/."
+        echo "- $(($(date +%s) - started)) s in all."
+    } >"$table"
+    cat "$table"
+    exit $status
+fi
 
 # The workloads: name | ktla-bench arguments | metric | what the metric is | target ratio | short
 # name for the chart.

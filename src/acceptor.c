@@ -366,6 +366,7 @@ static void hs_start(struct ktla_acceptor *acc, int fd)
     c->ring = acc->ring;
     c->fd = c->info.fd = fd;
     c->file_fd = -1;
+    c->resident_fd = -1;
     c->use_splice = acc->cfg.file_path == KTLA_FILE_SPLICE;
     c->rop.conn = c->wop.conn = c;
     c->state = KTLA_CONN_HANDSHAKE;

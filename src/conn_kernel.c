@@ -276,6 +276,38 @@ static bool range_cached(int fd, uint64_t off, size_t len)
     return cached || pages > sizeof(vec);
 }
 
+/* Whether [off, off + len) of the file being sent is in the page cache, remembering what was
+ * found. A send that continues where the previous one on the same descriptor stopped, inside
+ * what was found cached, needs no new check; one that continues past it has a window of up to
+ * RESIDENT_WINDOW checked at once (HTTP/2 sends a file as many 16 KiB frames, each its own
+ * sendfile: one check per MiB rather than per frame). Only a continuation counts, so a
+ * descriptor number reused for another file (which starts elsewhere) is checked afresh. */
+#define RESIDENT_WINDOW (1u << 20)
+static bool send_range_cached(struct ktla_conn *c, uint64_t off, size_t len)
+{
+    bool continues = c->resident_fd == c->file_fd && off == c->resident_next;
+    if (continues && off + len <= c->resident_end)
+        return true;
+    uint64_t end = off + len;
+    struct stat st;
+    if (continues && len < RESIDENT_WINDOW && fstat(c->file_fd, &st) == 0 &&
+        (uint64_t)st.st_size > end)
+        end = (uint64_t)st.st_size - off > RESIDENT_WINDOW ? off + RESIDENT_WINDOW
+                                                           : (uint64_t)st.st_size;
+    if (!range_cached(c->file_fd, off, (size_t)(end - off))) {
+        /* The window is not all cached: this send's own range may still be. */
+        if (end == off + len || !range_cached(c->file_fd, off, len)) {
+            c->resident_fd = -1;
+            return false;
+        }
+        end = off + len;
+    }
+    c->resident_fd = c->file_fd;
+    c->resident_next = off;
+    c->resident_end = end;
+    return true;
+}
+
 /* Kernel mode: sendfile(2) into the TLS socket until it is full, then wait for room. A range
  * not in the page cache goes through the splice path instead, whose file reads run on the
  * kernel's io-wq threads: a cold file then costs that connection time, not its worker. */
@@ -287,13 +319,15 @@ void kconn_sendfile_step(struct ktla_conn *c)
         off_t off = (off_t)(c->file_off + c->sdone);
         size_t left = c->slen - c->sdone;
         size_t next = left < SENDFILE_SLICE ? left : SENDFILE_SLICE;
-        if (!range_cached(c->file_fd, (uint64_t)off, next) && kconn_splice_pipe(c)) {
+        if (!send_range_cached(c, (uint64_t)off, next) && kconn_splice_pipe(c)) {
             c->via_pipe = true;
             c->info.cold_sends++;
             return kconn_splice_step(c);
         }
         ssize_t n = sendfile(c->fd, c->file_fd, &off, next);
         if (n > 0) {
+            if (c->resident_fd == c->file_fd)
+                c->resident_next = (uint64_t)off; /* sendfile moved off past what it sent */
             conn_sent(c, (size_t)n);
             slice += (size_t)n;
             /* Yield now and then, so one large file does not starve other connections. */

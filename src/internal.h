@@ -108,6 +108,11 @@ struct ktla_conn {
     size_t result_extra;   /* the head's length, added to the send's result */
     int file_fd;           /* >= 0: a sendfile in progress */
     uint64_t file_off;
+    /* The last residency check that found a window of a file cached: a send that continues
+     * where the previous one on that descriptor stopped, within the window, needs no new check
+     * (HTTP/2 sends a file as many 16 KiB frames, each its own sendfile). */
+    int resident_fd;
+    uint64_t resident_next, resident_end;
     bool use_splice;       /* kernel mode: files through io_uring splice, not sendfile(2) */
     bool via_pipe;         /* ...the file being sent goes through the pipe (or a cold range) */
     struct ktla_splice *sp;
