@@ -170,7 +170,7 @@ pids+=("$spid")
 port=
 wait_for 30 grep -qE 'https://127\.0\.0\.1:[0-9]+' "$work/serve.out" &&
     port=$(grep -oE 'https://127\.0\.0\.1:[0-9]+' "$work/serve.out" | head -n 1 | cut -d: -f3)
-if [ -n "$port" ] && fetch "$port" && grep -q '"GET /file.bin HTTP/1.1" 200' "$work/access.log" &&
+if [ -n "$port" ] && fetch "$port" && grep -qE '"GET /file.bin HTTP/(1\.1|2\.0)" 200' "$work/access.log" &&
     stop "$spid"; then
     ok "/usr/bin/ktla-serve serves 1 MiB + 1 byte to curl --insecure, logs it, exits 0 on SIGTERM"
 else
@@ -213,7 +213,7 @@ if [ "$exec_start" = '/usr/bin/ktla-serve $KTLA_SERVE_OPTS ${KTLA_SERVE_DIR}' ] 
     pids+=("$sapid")
     wait_for 10 grep -q "Listening on 127.0.0.1:$sa_port" "$work/sa.out"
     if fetch "$sa_port" && [ -n "$(runs_as_ktla)" ] &&
-        grep -q '"GET /file.bin HTTP/1.1" 200' "$work/logs/access.log" && stop "$sapid"; then
+        grep -qE '"GET /file.bin HTTP/(1\.1|2\.0)" 200' "$work/logs/access.log" && stop "$sapid"; then
         ok "the unit's ExecStart with /etc/default/ktla-serve, socket-activated (systemd-socket-activate) as user ktla: serves, logs, exits 0"
     else
         not_ok "the unit's ExecStart, socket-activated as user ktla, serves the file" \
