@@ -97,17 +97,6 @@ static void conn_pump(struct h2conn *c);
 
 /* ---- streams */
 
-static void request_free(struct http_request *q)
-{
-    free(q->target);
-    free(q->range);
-    free(q->if_none_match);
-    free(q->if_modified_since);
-    free(q->if_range);
-    free(q->accept_encoding);
-    memset(q, 0, sizeof(*q));
-}
-
 /* The stream's line in the access log, then its memory. `end` as in log.c. */
 static void stream_free(struct h2stream *st, const char *end)
 {
@@ -118,7 +107,7 @@ static void stream_free(struct h2stream *st, const char *end)
                    st->body_sent, st->start_ns, end);
     if (st->fd >= 0)
         close(st->fd);
-    request_free(&st->req);
+    http_request_release(&st->req);
     if (st->prev)
         st->prev->next = st->next;
     else

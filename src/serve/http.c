@@ -155,7 +155,7 @@ static void reader_init(struct http_reader *r)
     r->method_end = -1;
 }
 
-static void release_strings(struct http_request *q)
+void http_request_release(struct http_request *q)
 {
     free(q->target);
     free(q->range);
@@ -175,7 +175,7 @@ struct http_reader *http_reader_new(void)
 
 void http_reader_start(struct http_reader *r)
 {
-    release_strings(&r->req);
+    http_request_release(&r->req);
     reader_init(r);
 }
 
@@ -183,7 +183,7 @@ void http_reader_free(struct http_reader *r)
 {
     if (!r)
         return;
-    release_strings(&r->req);
+    http_request_release(&r->req);
     free(r);
 }
 

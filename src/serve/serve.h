@@ -76,6 +76,8 @@ struct http_reader *http_reader_new(void);
 void http_reader_start(struct http_reader *r);
 /* Frees r and its strings; NULL is a no-op. */
 void http_reader_free(struct http_reader *r);
+/* Frees a request's strings (HTTP/2 builds its requests without a reader). */
+void http_request_release(struct http_request *q);
 
 /* Feeds len bytes; returns how many were consumed (fewer than len only once the request head is
  * complete: the rest belongs to the next, pipelined request). r->done says whether the request is
