@@ -1,7 +1,8 @@
 /*
- * ktla-serve: an HTTPS/1.1 static file server on ktla. The stages, one file each:
+ * ktla-serve: an HTTPS static file server on ktla, HTTP/2 and HTTP/1.1. The stages, one file each:
  *   main.c    options, start-up report, signals, worker threads
- *   worker.c  one io_uring + acceptor per thread, the connection state machine
+ *   worker.c  one io_uring + acceptor per thread, the HTTP/1.1 connection state machine
+ *   h2.c      HTTP/2 connections over nghttp2, answered by the same stages
  *   http.c    request heads through http_parser, response heads
  *   files.c   request target to a file beneath DIR, MIME types, validators, ranges
  *   log.c     the access log
