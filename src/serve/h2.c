@@ -15,12 +15,14 @@
  * One send and one receive are in flight per connection, both through the worker's io_uring.
  * While a send is in flight nghttp2 keeps making frames into `out` (up to OUT_MAX), which go
  * with the next send; a DATA frame waits for the socket (NGHTTP2_ERR_WOULDBLOCK: nghttp2 offers
- * it again). A connection whose client does not read stops being read once OUT_MAX is waiting,
- * so a flood of frames that each ask for an answer (PING, SETTINGS) cannot grow our memory.
+ * it again). A connection whose client does not read stops being read once half of OUT_MAX is
+ * waiting, so a flood of frames that each ask for an answer (PING, SETTINGS) cannot grow our
+ * memory.
  *
  * Abuse is bounded per connection, in the style of the HTTP/1.1 limits: header lists over
  * HTTP_HEAD_MAX get 431 (HPACK bombs included: decoded bytes are counted), more than 100
- * concurrent streams are refused (nghttp2, REFUSED_STREAM), and more than RESET_LIMIT streams
+ * concurrent streams are refused (nghttp2: REFUSED_STREAM while our SETTINGS are not yet
+ * acknowledged, a connection error after), and more than RESET_LIMIT streams
  * reset by the client (rapid reset, CVE-2023-44487) or CONTROL_LIMIT SETTINGS/PING/PRIORITY
  * frames within WINDOW_NS end the connection with GOAWAY ENHANCE_YOUR_CALM and a log line, as
  * do nghttp2's own flood and CONTINUATION limits. A stream that makes no progress (a client that
