@@ -420,16 +420,10 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *frame, const uint8
             status = 500;
     } else if (name_is(name, nlen, ":authority") || name_is(name, nlen, "host")) {
         q->hosts = 1;
-    } else if (name_is(name, nlen, "range")) {
-        status = keep(&q->range, value, vlen, HTTP_VALUE_MAX);
-    } else if (name_is(name, nlen, "if-none-match")) {
-        status = keep(&q->if_none_match, value, vlen, HTTP_VALUE_MAX);
-    } else if (name_is(name, nlen, "if-modified-since")) {
-        status = keep(&q->if_modified_since, value, vlen, HTTP_VALUE_MAX);
-    } else if (name_is(name, nlen, "if-range")) {
-        status = keep(&q->if_range, value, vlen, HTTP_VALUE_MAX);
-    } else if (name_is(name, nlen, "accept-encoding")) {
-        status = keep(&q->accept_encoding, value, vlen, HTTP_VALUE_MAX);
+    } else {
+        int i = http_field_index((const char *)name, nlen);
+        if (i >= 0)
+            status = keep(http_request_field(q, i), value, vlen, HTTP_VALUE_MAX);
     }
     q->status = status;
     return 0;

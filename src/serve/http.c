@@ -48,6 +48,25 @@ static int append(char **s, size_t *len, size_t *cap, size_t max, const char *at
     return 0;
 }
 
+/* The request fields this server reads, in the order of http_reader's value_len/value_cap. */
+static const char *const field_names[] = {"range", "if-none-match", "if-modified-since",
+                                          "if-range", "accept-encoding"};
+
+int http_field_index(const char *name, size_t len)
+{
+    for (size_t i = 0; i < sizeof(field_names) / sizeof(field_names[0]); i++)
+        if (strlen(field_names[i]) == len && !strncasecmp(name, field_names[i], len))
+            return (int)i;
+    return -1;
+}
+
+char **http_request_field(struct http_request *q, int index)
+{
+    char **slots[] = {&q->range, &q->if_none_match, &q->if_modified_since, &q->if_range,
+                      &q->accept_encoding};
+    return slots[index];
+}
+
 static int on_url(http_parser *p, const char *at, size_t len)
 {
     struct http_reader *r = reader(p);
@@ -90,22 +109,17 @@ static int on_header_value(http_parser *p, const char *at, size_t len)
     if (!r->in_value) {
         r->in_value = true;
         r->dst = NULL;
-        static const char *const names[] = {"range", "if-none-match", "if-modified-since",
-                                            "if-range", "accept-encoding"};
-        char **dsts[] = {&q->range, &q->if_none_match, &q->if_modified_since, &q->if_range,
-                         &q->accept_encoding};
         if (!strcasecmp(r->field, "host"))
             q->hosts++;
-        for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-            if (!strcasecmp(r->field, names[i])) {
-                r->dst = dsts[i];
-                r->dst_len = &r->value_len[i];
-                r->dst_cap = &r->value_cap[i];
-                /* A repeated field: the values join as a list, as RFC 9110 5.3 allows. */
-                if (*r->dst_len && *r->dst_len + 1 <= HTTP_VALUE_MAX &&
-                    append(r->dst, r->dst_len, r->dst_cap, HTTP_VALUE_MAX, ",", 1))
-                    return fail(p, 500);
-            }
+        int i = http_field_index(r->field, strlen(r->field));
+        if (i >= 0) {
+            r->dst = http_request_field(q, i);
+            r->dst_len = &r->value_len[i];
+            r->dst_cap = &r->value_cap[i];
+            /* A repeated field: the values join as a list, as RFC 9110 5.3 allows. */
+            if (*r->dst_len && *r->dst_len + 1 <= HTTP_VALUE_MAX &&
+                append(r->dst, r->dst_len, r->dst_cap, HTTP_VALUE_MAX, ",", 1))
+                return fail(p, 500);
         }
     }
     if (!r->dst)

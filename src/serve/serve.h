@@ -77,6 +77,12 @@ struct http_reader *http_reader_new(void);
 void http_reader_start(struct http_reader *r);
 /* Frees r and its strings; NULL is a no-op. */
 void http_reader_free(struct http_reader *r);
+/* The request fields this server reads (Range, If-None-Match, If-Modified-Since, If-Range,
+ * Accept-Encoding): the index of a field name in any case, or -1 when it reads no such field;
+ * and where that field's value is kept in q. HTTP/2 fills its requests with these too. */
+int http_field_index(const char *name, size_t len);
+char **http_request_field(struct http_request *q, int index);
+
 /* Frees a request's strings (HTTP/2 builds its requests without a reader). */
 void http_request_release(struct http_request *q);
 
