@@ -252,7 +252,8 @@ struct ktla_conn_info {
     size_t early_plaintext;   /* bytes of application data that arrived with the handshake; the
                                  first ktla_conn_recv calls return them before anything else */
     uint64_t handshake_ns;    /* accept to hand-over */
-    uint32_t key_updates_rx;  /* TLS 1.3 KeyUpdates followed in kernel mode: the peer's, */
+    uint32_t key_updates_rx;  /* TLS 1.3 KeyUpdates followed in kernel mode (counting those
+                                 that came with the peer's Finished): the peer's, */
     uint32_t key_updates_tx;  /* and ours (sent because the peer asked) */
     char peer[64];            /* "ADDR:PORT" of the client */
     uint64_t cold_sends;      /* kernel mode: file ranges ktla_conn_sendfile found outside the

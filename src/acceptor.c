@@ -213,6 +213,15 @@ static void hs_handover(struct ktla_conn *c)
                 OPENSSL_clear_free(c->rk, sizeof(*c->rk));
                 c->rk = NULL;
             }
+            /* KeyUpdates that came with the Finished count toward the storm limit. */
+            if (c->rk && hs->rx_updates) {
+                c->rk->window_start_ns = ktla_now_ns();
+                c->rk->window_count = hs->rx_updates;
+            }
+        }
+        if (ret == 0) {
+            c->info.key_updates_rx = hs->rx_updates;
+            c->info.key_updates_tx = hs->tx_updates;
         }
     } else {
         c->info.tx_reason = c->info.rx_reason = reason;

@@ -21,8 +21,6 @@
 
 #define SENDFILE_SLICE (1u << 20) /* bytes sent before yielding to other connections */
 #define SPLICE_PIPE (256u << 10)  /* splice path: pipe size asked for, bytes per step */
-#define REKEY_WINDOW_NS (10ull * 1000000000ull) /* KeyUpdates from a peer: at most */
-#define REKEY_MAX_PER_WINDOW 8                  /* this many in this long */
 
 #ifndef __NR_cachestat
 #define __NR_cachestat 451 /* Linux 6.5 */
@@ -145,13 +143,12 @@ static void kernel_key_update(struct ktla_conn *c, uint8_t request_update)
 
     if (!rk)
         return conn_recv_done(c, KTLA_ENOREKEY);
-    /* A legitimate peer updates after hundreds of gigabytes; a storm only costs us CPU. */
     uint64_t now = ktla_now_ns();
-    if (now - rk->window_start_ns > REKEY_WINDOW_NS) {
+    if (now - rk->window_start_ns > KTLA_REKEY_WINDOW_NS) {
         rk->window_start_ns = now;
         rk->window_count = 0;
     }
-    if (++rk->window_count > REKEY_MAX_PER_WINDOW)
+    if (++rk->window_count > KTLA_REKEY_MAX_PER_WINDOW)
         return conn_recv_done(c, KTLA_EREKEY_LIMIT);
     ret = ktla_secrets_update(&rk->sec, KTLA_DIR_RX, &k);
     if (ret == 0)

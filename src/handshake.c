@@ -205,11 +205,12 @@ static void run_handshake(struct ktla_hs *hs)
         if (r == 1) {
             hs->state = KTLA_HS_DONE;
             /*
-             * Everything written while processing the client's Finished went out under the
-             * application keys in TLS 1.3 (the session tickets), so it counts toward the kernel's
-             * first transmit sequence number.
+             * TLS 1.3: everything written while processing the client's Finished went out under
+             * the application keys (the session tickets), so it counts toward the kernel's first
+             * transmit sequence number. (TLS 1.2: see ktla_hs_keys.)
              */
-            hs->tx_records_after = count_records(hs->out + before, hs->out_len - before);
+            if (SSL_version(hs->ssl) == TLS1_3_VERSION)
+                hs->tx_records_after = count_records(hs->out + before, hs->out_len - before);
             return;
         }
         if (err != SSL_ERROR_WANT_READ)
@@ -217,37 +218,110 @@ static void run_handshake(struct ktla_hs *hs)
     }
 }
 
-/* After the handshake: decrypts each whole record that followed the Finished, in userspace. */
+/* Reads out the plaintext of the record just given to OpenSSL. 0, or -1 once failed. */
+static int tail_record(struct ktla_hs *hs, uint8_t *chunk, size_t cap)
+{
+    for (;;) {
+        int n = SSL_read(hs->ssl, chunk, (int)cap);
+        if (n > 0) {
+            if (grow(&hs->plain, &hs->plain_cap, hs->plain_len + (size_t)n) < 0) {
+                fail(hs, -ENOMEM);
+                return -1;
+            }
+            memcpy(hs->plain + hs->plain_len, chunk, (size_t)n);
+            hs->plain_len += (size_t)n;
+            continue;
+        }
+        int err = SSL_get_error(hs->ssl, n);
+        if (err == SSL_ERROR_WANT_READ)
+            return 0;
+        if (err == SSL_ERROR_ZERO_RETURN) {
+            hs->peer_closed = true;
+            return 0;
+        }
+        fail(hs, KTLA_ETLS);
+        return -1;
+    }
+}
+
+/*
+ * OpenSSL's message callback, on only while the tail is decrypted: counts the KeyUpdates it reads
+ * (the client's) and writes (ours, when the client asked). OpenSSL follows them in its own state,
+ * and the keys the kernel gets must be the generation it has reached; no other public API says
+ * that a KeyUpdate went by. The SSL_CTX is ktla's own, so no application callback is displaced.
+ */
+static void tail_msg(int write_p, int version, int content_type, const void *buf, size_t len,
+                     SSL *ssl, void *arg)
+{
+    struct ktla_hs *hs = arg;
+    (void)version, (void)ssl;
+
+    if (content_type != SSL3_RT_HANDSHAKE || len < 1 ||
+        ((const uint8_t *)buf)[0] != SSL3_MT_KEY_UPDATE)
+        return;
+    if (write_p)
+        hs->tx_updates++;
+    else
+        hs->rx_updates++;
+}
+
+/*
+ * A KeyUpdate the client asked for that OpenSSL has not written yet: it writes one while
+ * reading, but not always (a second request in a row waits for the next write), and after the
+ * hand-over OpenSSL writes nothing. A write of no data makes it write just the KeyUpdate.
+ */
+static int owe_key_update(struct ktla_hs *hs)
+{
+    size_t written;
+
+    if (SSL_get_key_update_type(hs->ssl) == SSL_KEY_UPDATE_NONE)
+        return 0;
+    if (SSL_write_ex(hs->ssl, "", 0, &written) == 1 &&
+        SSL_get_key_update_type(hs->ssl) == SSL_KEY_UPDATE_NONE)
+        return 0;
+    fail(hs, KTLA_ETLS);
+    return -1;
+}
+
+/*
+ * After the handshake: decrypts each whole record that followed the Finished, in userspace. A
+ * client may already have updated its keys there (RFC 8446 §4.6.3 lets it, right after its
+ * Finished): OpenSSL follows, and writes our own KeyUpdate when asked, which goes out before the
+ * hand-over. A KeyUpdate ends its record (OpenSSL refuses one that does not), so the records after
+ * it, counted from zero, are the first under the next key.
+ */
 static void decrypt_tail(struct ktla_hs *hs)
 {
     uint8_t chunk[4096];
 
+    if (SSL_version(hs->ssl) == TLS1_3_VERSION) {
+        SSL_set_msg_callback(hs->ssl, tail_msg);
+        SSL_set_msg_callback_arg(hs->ssl, hs);
+    }
     while (hs->state == KTLA_HS_DONE && !hs->peer_closed) {
+        unsigned rx_updates = hs->rx_updates, tx_updates = hs->tx_updates;
+        size_t out_before = hs->out_len;
         if (take_record(hs) <= 0)
-            return;
+            break;
         hs->rx_records_after++;
-        for (;;) {
-            int n = SSL_read(hs->ssl, chunk, sizeof(chunk));
-            if (n > 0) {
-                if (grow(&hs->plain, &hs->plain_cap, hs->plain_len + (size_t)n) < 0) {
-                    OPENSSL_cleanse(chunk, sizeof(chunk));
-                    return fail(hs, -ENOMEM);
-                }
-                memcpy(hs->plain + hs->plain_len, chunk, (size_t)n);
-                hs->plain_len += (size_t)n;
-                continue;
-            }
-            int err = SSL_get_error(hs->ssl, n);
-            if (err == SSL_ERROR_WANT_READ)
-                break;
-            if (err == SSL_ERROR_ZERO_RETURN) {
-                hs->peer_closed = true;
-                break;
-            }
-            OPENSSL_cleanse(chunk, sizeof(chunk));
-            return fail(hs, KTLA_ETLS);
+        if (tail_record(hs, chunk, sizeof(chunk)) < 0 || owe_key_update(hs) < 0)
+            break;
+        if (hs->rx_updates != rx_updates)
+            hs->rx_records_after = 0;
+        if (drain_output(hs) < 0) {
+            fail(hs, -ENOMEM);
+            break;
+        }
+        if (hs->tx_updates != tx_updates)
+            hs->tx_records_after = 0; /* our KeyUpdate was the last record written */
+        else
+            hs->tx_records_after += count_records(hs->out + out_before, hs->out_len - out_before);
+        if (hs->rx_updates > KTLA_REKEY_MAX_PER_WINDOW) {
+            fail(hs, KTLA_EREKEY_LIMIT);
+            break;
         }
     }
+    SSL_set_msg_callback(hs->ssl, NULL);
     OPENSSL_cleanse(chunk, sizeof(chunk));
 }
 
@@ -299,15 +373,19 @@ int ktla_hs_keys(struct ktla_hs *hs, struct ktla_key *tx, struct ktla_key *rx)
 {
     int ret = ktla_keys_derive(hs->ssl, tx, rx);
 
-    if (ret < 0)
+    /* The generation OpenSSL reached in the tail: one step per KeyUpdate each way. */
+    for (unsigned i = 0; ret == 0 && i < hs->rx_updates; i++)
+        ret = ktla_keys_update(hs->ssl, KTLA_DIR_RX, rx);
+    for (unsigned i = 0; ret == 0 && i < hs->tx_updates; i++)
+        ret = ktla_keys_update(hs->ssl, KTLA_DIR_TX, tx);
+    if (ret < 0) {
+        ktla_key_wipe(tx);
+        ktla_key_wipe(rx);
         return ret;
-    if (SSL_version(hs->ssl) == TLS1_3_VERSION) {
-        tx->seq = hs->tx_records_after;
-        rx->seq = hs->rx_records_after;
-    } else {
-        /* TLS 1.2: each side's Finished was the first record under the new keys. */
-        tx->seq = 1;
-        rx->seq = 1 + hs->rx_records_after;
     }
+    /* TLS 1.2: each side's Finished was the first record under the new keys. */
+    uint64_t first = SSL_version(hs->ssl) == TLS1_3_VERSION ? 0 : 1;
+    tx->seq = first + hs->tx_records_after;
+    rx->seq = first + hs->rx_records_after;
     return 0;
 }

@@ -45,6 +45,10 @@ struct ktla_hs {
     /* Records counted for the kernel's sequence numbers. */
     uint64_t tx_records_after; /* written under the application keys during the handshake */
     uint64_t rx_records_after; /* read under the application keys after it, in userspace */
+    /* TLS 1.3 KeyUpdates in the records that followed the Finished: the client's, which OpenSSL
+     * followed, and ours, which OpenSSL wrote when asked. The kernel's first keys are the updated
+     * ones, and the record counts above restart after each. */
+    unsigned rx_updates, tx_updates;
 
     uint8_t *plain;           /* application data that came with the handshake */
     size_t plain_len, plain_cap;
@@ -67,7 +71,9 @@ uint8_t *ktla_hs_read_buf(struct ktla_hs *hs, size_t *room);
 /*
  * Takes `n` bytes just read into the read buffer and advances: runs the handshake over every
  * whole record, and once it is done decrypts whole records that followed. Returns the state;
- * output may be waiting in hs->out either way (an alert, on failure).
+ * output may be waiting in hs->out either way (an alert on failure; after DONE, our KeyUpdate
+ * when a client's in those records asked for one). More KeyUpdates there than
+ * KTLA_REKEY_MAX_PER_WINDOW fail it with KTLA_EREKEY_LIMIT.
  */
 enum ktla_hs_state ktla_hs_input(struct ktla_hs *hs, size_t n);
 

@@ -14,6 +14,11 @@
 
 #include "ktls.h"
 
+/* KeyUpdates from a peer ktla follows: at most this many in this long. A legitimate peer updates
+ * after hundreds of gigabytes; a storm only costs us CPU. */
+#define KTLA_REKEY_WINDOW_NS (10ull * 1000000000ull)
+#define KTLA_REKEY_MAX_PER_WINDOW 8
+
 /*
  * Installs the keylog callback that captures the TLS 1.3 application traffic secrets of every
  * SSL made from `ctx`, keeping them in the SSL (wiped and freed with it, or earlier by

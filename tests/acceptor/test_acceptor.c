@@ -585,6 +585,8 @@ Test(acceptor, key_update_storm_is_cut_off)
     int followed = 0;
 
     cr_assert_eq(tc_connect(&c, echo_port(s), &co, NULL, 0), 0);
+    /* The updates come after the hand-over: ones that ride with the Finished are the next tests'. */
+    echo_round(&c, 100, 99);
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (int i = 0; i < 12; i++) {
@@ -617,6 +619,81 @@ Test(acceptor, key_update_storm_is_cut_off)
         tc_close(&c, false);
     }
     echo_stop(s);
+}
+
+/*
+ * KeyUpdates in the same write as the client's Finished (RFC 8446 lets a client update right
+ * away): they reach the server before the kernel has keys, OpenSSL follows them while ktla reads
+ * up to the record boundary, and the kernel must start from the generation OpenSSL reached, on
+ * every kernel (the first keys installed are already the new ones). Both ask for ours: the client
+ * reads the echo under our second new key. The next KeyUpdate is then the kernel's business.
+ */
+Test(acceptor, key_updates_with_the_finished_are_followed)
+{
+    enum rekey_here here = rekey_here();
+    struct echo_opts o = {.tickets = -1};
+    struct echo_server *s = echo_start(&o);
+    struct tc c;
+    struct tc_opts co = {.version = KTLA_TLS1_3,
+                         .cipher = -1,
+                         .first_updates = 2,
+                         .first_update_type = SSL_KEY_UPDATE_REQUESTED};
+    const char req[] = "GET / HTTP/1.1\r\n\r\n";
+    char back[2 * sizeof(req)];
+    struct echo_conn conns[4];
+
+    cr_assert_eq(tc_connect(&c, echo_port(s), &co, req, sizeof(req)), 0);
+    cr_assert_eq(tc_read_full(&c, back, sizeof(back)), 0, "the requests after the updates were lost");
+    cr_assert(memcmp(back, req, sizeof(req)) == 0 && memcmp(back + sizeof(req), req, sizeof(req)) == 0);
+    echo_round(&c, 40000, 17); /* both directions, under the updated keys */
+    bool third = update_and_echo(&c, SSL_KEY_UPDATE_REQUESTED, 18);
+    cr_assert_eq(third, here != REKEY_NONE, "a KeyUpdate after the hand-over: %s",
+                 third ? "followed" : "not followed");
+    tc_close(&c, third);
+    cr_assert(echo_wait_ended(s, 1, 10000), "the server did not end the connection");
+    struct echo_conn *ec = last_conn(s, conns, 4);
+    cr_assert_eq(ec->info.early_plaintext, sizeof(back),
+                 "the requests should have come with the handshake (%zu bytes)",
+                 ec->info.early_plaintext);
+    cr_assert_eq(ec->last_result, here == REKEY_NONE ? KTLA_ENOREKEY : 0, "ended with %s",
+                 ktla_err_name((int)ec->last_result));
+    if (here != REKEY_USERSPACE) {
+        unsigned want = here == REKEY_KERNEL ? 3 : 2;
+        cr_assert(ec->key_updates_rx == want && ec->key_updates_tx == want,
+                  "KeyUpdates followed: %u received, %u sent (%u each expected)",
+                  ec->key_updates_rx, ec->key_updates_tx, want);
+    }
+    echo_stop(s);
+}
+
+/* The storm limit holds for KeyUpdates that ride with the Finished too: 8 are followed, a 9th
+ * ends the handshake with KTLA_EREKEY_LIMIT, in userspace as well (these are ktla's to follow). */
+Test(acceptor, key_update_storm_with_the_finished_is_cut_off)
+{
+    const char req[] = "ping";
+    for (unsigned n = 8; n <= 9; n++) {
+        struct echo_opts o = {.tickets = -1};
+        struct echo_server *s = echo_start(&o);
+        struct tc c;
+        struct tc_opts co = {.version = KTLA_TLS1_3, .cipher = -1, .first_updates = n};
+        char back[9 * sizeof(req)];
+        int code = 0;
+
+        cr_assert_eq(tc_connect(&c, echo_port(s), &co, req, sizeof(req)), 0);
+        int got = tc_read_full(&c, back, n * sizeof(req));
+        if (n == 8) {
+            cr_assert_eq(got, 0, "8 KeyUpdates with the Finished were not followed");
+            cr_assert_eq(echo_failures(s, &code), 0, "8 KeyUpdates failed the handshake: %s",
+                         ktla_err_name(code));
+        } else {
+            cr_assert_neq(got, 0, "9 KeyUpdates with the Finished were followed");
+            cr_assert(echo_wait_failures(s, 1, 10000), "the handshake did not fail");
+            echo_failures(s, &code);
+            cr_assert_eq(code, KTLA_EREKEY_LIMIT, "failed with %s", ktla_err_name(code));
+        }
+        tc_close(&c, false);
+        echo_stop(s);
+    }
 }
 
 /*

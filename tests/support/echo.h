@@ -95,6 +95,10 @@ struct tc_opts {
     SSL_CTX *ctx;         /* reuse this client context (the one the session came from) */
     size_t big_hello;     /* pad the ClientHello with an unknown extension of this many bytes */
     const char *sni;
+    /* With `first`: this many times a KeyUpdate (first_update_type: SSL_KEY_UPDATE_NOT_REQUESTED,
+     * the default, or SSL_KEY_UPDATE_REQUESTED) and then `first`, all in the Finished's write. */
+    unsigned first_updates;
+    int first_update_type;
 };
 
 /* The client context tc_connect would make for these options; the caller frees it. */

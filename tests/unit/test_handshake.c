@@ -609,6 +609,71 @@ ParameterizedTest(struct tu_variant *v, handshake,
     run_free(&r);
 }
 
+ParameterizedTestParameters(handshake, key_updates_with_the_finished_advance_the_kernel_keys)
+{
+    return cr_make_param_array(struct tu_variant, (void *)(tu_variants + 3), 3);
+}
+/*
+ * KeyUpdates right after the client's Finished, both asking for ours, and records after each:
+ * OpenSSL follows them in the core and writes our KeyUpdate both times (the second only because
+ * the core makes it: OpenSSL defers a second request in a row to its next write, which never
+ * comes once the kernel sends). The keys handed over are the generation reached each way, their
+ * sequence numbers counted from the last update.
+ */
+ParameterizedTest(struct tu_variant *v, handshake,
+                  key_updates_with_the_finished_advance_the_kernel_keys)
+{
+    struct run r;
+    run_to_finished_with(&r, v, "one");
+    cr_assert_eq(SSL_key_update(r.client, SSL_KEY_UPDATE_REQUESTED), 1);
+    client_write(&r, "two", 3);
+    cr_assert_eq(SSL_key_update(r.client, SSL_KEY_UPDATE_REQUESTED), 1);
+    client_write(&r, "three", 5);
+    client_write(&r, "four", 4);
+    feed(&r, 0);
+    cr_assert_eq(r.hs.state, KTLA_HS_DONE);
+    cr_assert_eq(r.hs.plain_len, 15);
+    cr_assert(memcmp(r.hs.plain, "onetwothreefour", 15) == 0);
+    cr_assert_eq(r.hs.rx_updates, 2);
+    cr_assert_eq(r.hs.tx_updates, 2, "%u KeyUpdates written for 2 requests", r.hs.tx_updates);
+    cr_assert_eq(r.hs.rx_records_after, 2, "records after the last update: %llu",
+                 (unsigned long long)r.hs.rx_records_after);
+    cr_assert_eq(r.hs.tx_records_after, 0);
+    cr_assert_eq(records_in(r.hs.out, r.hs.out_len), 4, "two tickets and two KeyUpdates");
+    deliver(&r);
+    client_catches_up(&r);
+    prove_keys(&r, v, 0, 2);
+    run_free(&r);
+}
+
+/* Nine KeyUpdates with the Finished are a storm (eight are followed): the handshake fails. */
+Test(handshake, key_update_storm_with_the_finished_fails)
+{
+    const struct tu_variant *v = &tu_variants[3];
+    for (int n = 8; n <= 9; n++) {
+        struct run r;
+        run_to_finished_with(&r, v, "x");
+        for (int i = 0; i < n; i++) {
+            cr_assert_eq(SSL_key_update(r.client, SSL_KEY_UPDATE_NOT_REQUESTED), 1);
+            client_write(&r, "y", 1);
+        }
+        feed(&r, 0);
+        if (n == 8) {
+            cr_assert_eq(r.hs.state, KTLA_HS_DONE);
+            cr_assert_eq(r.hs.rx_updates, 8);
+            cr_assert_eq(r.hs.tx_updates, 0);
+            deliver(&r);
+            client_catches_up(&r);
+            prove_keys(&r, v, 2, 1);
+        } else {
+            cr_assert_eq(r.hs.state, KTLA_HS_FAILED);
+            cr_assert_eq(r.hs.error, KTLA_EREKEY_LIMIT, "failed with %s",
+                         ktla_err_name(r.hs.error));
+        }
+        run_free(&r);
+    }
+}
+
 ParameterizedTestParameters(handshake, close_notify_with_the_finished_ends_reading)
 {
     return cr_make_param_array(struct tu_variant, (void *)(tu_variants + 3), 3);
