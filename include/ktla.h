@@ -73,7 +73,7 @@ extern "C" {
       "the peer sent a handshake message or ChangeCipherSpec after the handshake; answered with "  \
       "an unexpected_message alert")                                                               \
     X(KTLA_EREKEY_LIMIT, -4027,                                                                    \
-      "the peer sent more TLS 1.3 KeyUpdates than allowed (more than 8 in 10 seconds)")        \
+      "the peer sent more TLS 1.3 KeyUpdates than allowed (32 in a row, or 128 in 10 seconds)")   \
     X(KTLA_ELINGER, -4028,                                                                         \
       "the peer kept sending after the connection was shut down: cut at the linger limit")
 

@@ -213,10 +213,11 @@ static void hs_handover(struct ktla_conn *c)
                 OPENSSL_clear_free(c->rk, sizeof(*c->rk));
                 c->rk = NULL;
             }
-            /* KeyUpdates that came with the Finished count toward the storm limit. */
+            /* KeyUpdates that came with the Finished count toward the storm limits. */
             if (c->rk && hs->rx_updates) {
                 c->rk->window_start_ns = ktla_now_ns();
                 c->rk->window_count = hs->rx_updates;
+                c->rk->in_a_row = hs->rx_in_a_row;
             }
         }
         if (ret == 0) {

@@ -149,8 +149,11 @@ static void on_recv(struct ktla_conn *c, int res)
         kconn_event(c, KTLA_EV_HS_INTERLEAVED);
         return;
     }
-    if (res > 0)
+    if (res > 0) {
+        if (c->rk)
+            c->rk->in_a_row = 0; /* application data: KeyUpdates before it were not a storm */
         return conn_recv_done(c, res);
+    }
     /* 0 is the end of the stream, or (6.17) only zero-length records consumed before a control
      * record: a read with the record's type tells them apart. */
     if (res == 0)

@@ -148,7 +148,9 @@ static void kernel_key_update(struct ktla_conn *c, uint8_t request_update)
         rk->window_start_ns = now;
         rk->window_count = 0;
     }
-    if (++rk->window_count > KTLA_REKEY_MAX_PER_WINDOW)
+    rk->window_count++;
+    rk->in_a_row++;
+    if (rk->window_count > KTLA_REKEY_MAX_PER_WINDOW || rk->in_a_row > KTLA_REKEY_MAX_IN_A_ROW)
         return conn_recv_done(c, KTLA_EREKEY_LIMIT);
     ret = ktla_secrets_update(&rk->sec, KTLA_DIR_RX, &k);
     if (ret == 0)

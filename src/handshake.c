@@ -230,6 +230,7 @@ static int tail_record(struct ktla_hs *hs, uint8_t *chunk, size_t cap)
             }
             memcpy(hs->plain + hs->plain_len, chunk, (size_t)n);
             hs->plain_len += (size_t)n;
+            hs->rx_in_a_row = 0;
             continue;
         }
         int err = SSL_get_error(hs->ssl, n);
@@ -259,10 +260,12 @@ static void tail_msg(int write_p, int version, int content_type, const void *buf
     if (content_type != SSL3_RT_HANDSHAKE || len < 1 ||
         ((const uint8_t *)buf)[0] != SSL3_MT_KEY_UPDATE)
         return;
-    if (write_p)
+    if (write_p) {
         hs->tx_updates++;
-    else
+    } else {
         hs->rx_updates++;
+        hs->rx_in_a_row++;
+    }
 }
 
 /*
@@ -316,7 +319,8 @@ static void decrypt_tail(struct ktla_hs *hs)
             hs->tx_records_after = 0; /* our KeyUpdate was the last record written */
         else
             hs->tx_records_after += count_records(hs->out + out_before, hs->out_len - out_before);
-        if (hs->rx_updates > KTLA_REKEY_MAX_PER_WINDOW) {
+        if (hs->rx_in_a_row > KTLA_REKEY_MAX_IN_A_ROW ||
+            hs->rx_updates > KTLA_REKEY_MAX_PER_WINDOW) {
             fail(hs, KTLA_EREKEY_LIMIT);
             break;
         }

@@ -49,6 +49,7 @@ struct ktla_hs {
      * followed, and ours, which OpenSSL wrote when asked. The kernel's first keys are the updated
      * ones, and the record counts above restart after each. */
     unsigned rx_updates, tx_updates;
+    unsigned rx_in_a_row; /* the client's KeyUpdates since its last application data */
 
     uint8_t *plain;           /* application data that came with the handshake */
     size_t plain_len, plain_cap;
@@ -72,8 +73,8 @@ uint8_t *ktla_hs_read_buf(struct ktla_hs *hs, size_t *room);
  * Takes `n` bytes just read into the read buffer and advances: runs the handshake over every
  * whole record, and once it is done decrypts whole records that followed. Returns the state;
  * output may be waiting in hs->out either way (an alert on failure; after DONE, our KeyUpdate
- * when a client's in those records asked for one). More KeyUpdates there than
- * KTLA_REKEY_MAX_PER_WINDOW fail it with KTLA_EREKEY_LIMIT.
+ * when a client's in those records asked for one). More KeyUpdates there than keys.h allows fail
+ * it with KTLA_EREKEY_LIMIT.
  */
 enum ktla_hs_state ktla_hs_input(struct ktla_hs *hs, size_t n);
 

@@ -62,6 +62,7 @@ struct ktla_rekey {
     struct ktla_secrets sec;
     uint64_t window_start_ns; /* rate limit: KeyUpdates from the peer in the current window */
     unsigned window_count;
+    unsigned in_a_row;        /* ...and since the peer's last application data */
     bool tx_due;      /* the peer asked for our KeyUpdate and it is not sent yet */
     bool tx_wait;     /* ...and it waits for room in the socket (POLLOUT on wop) */
     bool send_queued; /* an application send arrived meanwhile; it starts after our update */

@@ -573,7 +573,42 @@ Test(acceptor, client_key_update_is_followed_or_ends_the_connection_clearly)
     echo_stop(s);
 }
 
-/* A client that updates its keys over and over is cut off in kernel mode after 8 in 10 s. */
+/* `n` KeyUpdates of `type` back to back, then data; true if the echo of it came back right. */
+static bool updates_and_echo(struct tc *c, unsigned n, int type, uint32_t seed)
+{
+    uint8_t out[300], in[300];
+    for (unsigned i = 0; i < n; i++)
+        cr_assert_eq(tc_key_update(c, type), 0);
+    tu_pattern(out, sizeof(out), seed);
+    if (tc_write(c, out, sizeof(out)) != 0 || tc_read_full(c, in, sizeof(in)) != 0)
+        return false;
+    return memcmp(in, out, sizeof(in)) == 0;
+}
+
+/*
+ * How the server ended a connection whose KeyUpdates it stopped following: in kernel mode
+ * (keys.h's limits) with KTLA_EREKEY_LIMIT after `followed` of them, where the kernel cannot
+ * rekey with KTLA_ENOREKEY at the first.
+ */
+static void check_cut_off(struct echo_server *s, enum rekey_here here, int followed, int limit,
+                          double secs)
+{
+    struct echo_conn conns[4];
+    /* How the server ended it comes first: when fewer were followed, it says why. */
+    cr_assert(echo_wait_ended(s, 1, 10000), "the server did not end the connection (%d "
+                                            "followed in %.1f s)", followed, secs);
+    struct echo_conn *ec = last_conn(s, conns, 4);
+    cr_assert_eq(followed, here == REKEY_KERNEL ? limit : 0,
+                 "%d followed in %.1f s; the server ended the connection with %s", followed, secs,
+                 ktla_err_name((int)ec->last_result));
+    cr_assert_eq(ec->last_result, here == REKEY_KERNEL ? KTLA_EREKEY_LIMIT : KTLA_ENOREKEY,
+                 "ended with %s", ktla_err_name((int)ec->last_result));
+}
+
+/*
+ * A client that updates its keys over and over, with data between, is cut off in kernel mode
+ * after 128 in 10 s (userspace: OpenSSL follows every one, its own limits are its business).
+ */
 Test(acceptor, key_update_storm_is_cut_off)
 {
     enum rekey_here here = rekey_here();
@@ -581,41 +616,73 @@ Test(acceptor, key_update_storm_is_cut_off)
     struct echo_server *s = echo_start(&o);
     struct tc c;
     struct tc_opts co = {.version = KTLA_TLS1_3, .cipher = -1};
-    struct echo_conn conns[4];
-    int followed = 0;
+    int followed = 0, rounds = 140;
 
     cr_assert_eq(tc_connect(&c, echo_port(s), &co, NULL, 0), 0);
     /* The updates come after the hand-over: ones that ride with the Finished are the next tests'. */
     echo_round(&c, 100, 99);
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (int i = 0; i < 12; i++) {
-        if (!update_and_echo(&c, i % 2 ? SSL_KEY_UPDATE_REQUESTED : SSL_KEY_UPDATE_NOT_REQUESTED,
-                             (uint32_t)i))
+    for (int i = 0; i < rounds; i++) {
+        if (!updates_and_echo(&c, 1, i % 2 ? SSL_KEY_UPDATE_REQUESTED : SSL_KEY_UPDATE_NOT_REQUESTED,
+                              (uint32_t)i))
             break;
         followed++;
     }
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
     if (here == REKEY_USERSPACE) {
-        /* OpenSSL follows every one (its own limit is its business): the connection lives. */
-        cr_assert_eq(followed, 12);
+        cr_assert_eq(followed, rounds);
         tc_close(&c, true);
-    } else if (here == REKEY_KERNEL && followed > 8) {
-        /* The limit is 8 in 10 s: a machine so loaded that the updates took longer than the
-         * window is allowed more, and that is all this may show. */
+    } else if (here == REKEY_KERNEL && followed > 128) {
+        /* A machine so loaded that the updates took longer than the window is allowed more, and
+         * that is all this may show. */
         cr_assert(secs >= 10.0, "%d KeyUpdates followed in %.1f s", followed, secs);
         tc_close(&c, true);
     } else {
-        /* How the server ended it comes first: when fewer were followed, it says why. */
-        cr_assert(echo_wait_ended(s, 1, 10000), "the server did not end the connection (%d "
-                                                "followed in %.1f s)", followed, secs);
+        check_cut_off(s, here, followed, 128, secs);
+        tc_close(&c, false);
+    }
+    echo_stop(s);
+}
+
+/*
+ * KeyUpdates back to back with no data between them: 32 in a row are followed (tlsfuzzer sends
+ * that many, each asking for ours), a 33rd ends the connection in kernel mode.
+ */
+Test(acceptor, key_updates_in_a_row_are_cut_off_after_32)
+{
+    enum rekey_here here = rekey_here();
+    struct echo_opts o = {.tickets = -1};
+    struct echo_server *s = echo_start(&o);
+    struct tc c;
+    struct tc_opts co = {.version = KTLA_TLS1_3, .cipher = -1};
+
+    cr_assert_eq(tc_connect(&c, echo_port(s), &co, NULL, 0), 0);
+    echo_round(&c, 100, 98);
+    bool ok = updates_and_echo(&c, 32, SSL_KEY_UPDATE_REQUESTED, 1);
+    cr_assert_eq(ok, here != REKEY_NONE, "32 KeyUpdates in a row: %s",
+                 ok ? "followed" : "not followed");
+    if (here == REKEY_NONE) {
+        check_cut_off(s, here, 0, 0, 0);
+        tc_close(&c, false);
+        echo_stop(s);
+        return;
+    }
+    /* Data came between: the count starts again, and 33 in a row are one too many. */
+    ok = updates_and_echo(&c, 33, SSL_KEY_UPDATE_NOT_REQUESTED, 2);
+    if (here == REKEY_USERSPACE) {
+        cr_assert(ok, "userspace: OpenSSL follows them");
+        tc_close(&c, true);
+    } else {
+        cr_assert_not(ok, "33 KeyUpdates in a row were followed");
+        check_cut_off(s, here, 32, 32, 0);
+        /* Every request answered with a KeyUpdate of ours (tlsfuzzer expects 32 back). */
+        struct echo_conn conns[4];
         struct echo_conn *ec = last_conn(s, conns, 4);
-        cr_assert_eq(followed, here == REKEY_KERNEL ? 8 : 0,
-                     "%d followed in %.1f s; the server ended the connection with %s", followed,
-                     secs, ktla_err_name((int)ec->last_result));
-        cr_assert_eq(ec->last_result, here == REKEY_KERNEL ? KTLA_EREKEY_LIMIT : KTLA_ENOREKEY,
-                     "ended with %s", ktla_err_name((int)ec->last_result));
+        cr_assert(ec->key_updates_rx == 64 && ec->key_updates_tx == 32,
+                  "KeyUpdates followed: %u received (64 expected), %u sent (32 expected)",
+                  ec->key_updates_rx, ec->key_updates_tx);
         tc_close(&c, false);
     }
     echo_stop(s);
@@ -623,10 +690,11 @@ Test(acceptor, key_update_storm_is_cut_off)
 
 /*
  * KeyUpdates in the same write as the client's Finished (RFC 8446 lets a client update right
- * away): they reach the server before the kernel has keys, OpenSSL follows them while ktla reads
- * up to the record boundary, and the kernel must start from the generation OpenSSL reached, on
- * every kernel (the first keys installed are already the new ones). Both ask for ours: the client
- * reads the echo under our second new key. The next KeyUpdate is then the kernel's business.
+ * away; tlsfuzzer does): they reach the server before the kernel has keys, OpenSSL follows them
+ * while ktla reads up to the record boundary, and the kernel must start from the generation
+ * OpenSSL reached, on every kernel (the first keys installed are already the new ones). Both ask
+ * for ours, back to back: the client reads the echo under our second new key. The next KeyUpdate
+ * is then the kernel's business.
  */
 Test(acceptor, key_updates_with_the_finished_are_followed)
 {
@@ -639,21 +707,21 @@ Test(acceptor, key_updates_with_the_finished_are_followed)
                          .first_updates = 2,
                          .first_update_type = SSL_KEY_UPDATE_REQUESTED};
     const char req[] = "GET / HTTP/1.1\r\n\r\n";
-    char back[2 * sizeof(req)];
+    char back[sizeof(req)];
     struct echo_conn conns[4];
 
     cr_assert_eq(tc_connect(&c, echo_port(s), &co, req, sizeof(req)), 0);
-    cr_assert_eq(tc_read_full(&c, back, sizeof(back)), 0, "the requests after the updates were lost");
-    cr_assert(memcmp(back, req, sizeof(req)) == 0 && memcmp(back + sizeof(req), req, sizeof(req)) == 0);
+    cr_assert_eq(tc_read_full(&c, back, sizeof(back)), 0, "the request after the updates was lost");
+    cr_assert(memcmp(back, req, sizeof(req)) == 0);
     echo_round(&c, 40000, 17); /* both directions, under the updated keys */
-    bool third = update_and_echo(&c, SSL_KEY_UPDATE_REQUESTED, 18);
+    bool third = updates_and_echo(&c, 1, SSL_KEY_UPDATE_REQUESTED, 18);
     cr_assert_eq(third, here != REKEY_NONE, "a KeyUpdate after the hand-over: %s",
                  third ? "followed" : "not followed");
     tc_close(&c, third);
     cr_assert(echo_wait_ended(s, 1, 10000), "the server did not end the connection");
     struct echo_conn *ec = last_conn(s, conns, 4);
-    cr_assert_eq(ec->info.early_plaintext, sizeof(back),
-                 "the requests should have come with the handshake (%zu bytes)",
+    cr_assert_eq(ec->info.early_plaintext, sizeof(req),
+                 "the request should have come with the handshake (%zu bytes)",
                  ec->info.early_plaintext);
     cr_assert_eq(ec->last_result, here == REKEY_NONE ? KTLA_ENOREKEY : 0, "ended with %s",
                  ktla_err_name((int)ec->last_result));
@@ -666,27 +734,27 @@ Test(acceptor, key_updates_with_the_finished_are_followed)
     echo_stop(s);
 }
 
-/* The storm limit holds for KeyUpdates that ride with the Finished too: 8 are followed, a 9th
- * ends the handshake with KTLA_EREKEY_LIMIT, in userspace as well (these are ktla's to follow). */
-Test(acceptor, key_update_storm_with_the_finished_is_cut_off)
+/* The limit holds for KeyUpdates that ride with the Finished too: 32 in a row are followed, a
+ * 33rd ends the handshake with KTLA_EREKEY_LIMIT, in userspace as well (ktla follows these). */
+Test(acceptor, key_updates_in_a_row_with_the_finished_are_cut_off_after_32)
 {
     const char req[] = "ping";
-    for (unsigned n = 8; n <= 9; n++) {
+    for (unsigned n = 32; n <= 33; n++) {
         struct echo_opts o = {.tickets = -1};
         struct echo_server *s = echo_start(&o);
         struct tc c;
         struct tc_opts co = {.version = KTLA_TLS1_3, .cipher = -1, .first_updates = n};
-        char back[9 * sizeof(req)];
+        char back[sizeof(req)];
         int code = 0;
 
         cr_assert_eq(tc_connect(&c, echo_port(s), &co, req, sizeof(req)), 0);
-        int got = tc_read_full(&c, back, n * sizeof(req));
-        if (n == 8) {
-            cr_assert_eq(got, 0, "8 KeyUpdates with the Finished were not followed");
-            cr_assert_eq(echo_failures(s, &code), 0, "8 KeyUpdates failed the handshake: %s",
+        int got = tc_read_full(&c, back, sizeof(back));
+        if (n == 32) {
+            cr_assert_eq(got, 0, "32 KeyUpdates with the Finished were not followed");
+            cr_assert_eq(echo_failures(s, &code), 0, "32 KeyUpdates failed the handshake: %s",
                          ktla_err_name(code));
         } else {
-            cr_assert_neq(got, 0, "9 KeyUpdates with the Finished were followed");
+            cr_assert_neq(got, 0, "33 KeyUpdates with the Finished were followed");
             cr_assert(echo_wait_failures(s, 1, 10000), "the handshake did not fail");
             echo_failures(s, &code);
             cr_assert_eq(code, KTLA_EREKEY_LIMIT, "failed with %s", ktla_err_name(code));

@@ -576,12 +576,12 @@ int tc_connect(struct tc *c, uint16_t port, const struct tc_opts *o, const void 
         int r = SSL_do_handshake(c->ssl);
         if (r == 1) {
             /* The request rides with the Finished still in the write BIO: one write(2). */
-            for (unsigned i = 0; first && i < (o->first_updates ? o->first_updates : 1); i++) {
-                if (o->first_updates && SSL_key_update(c->ssl, o->first_update_type) != 1)
-                    return -1;
-                if (SSL_write(c->ssl, first, (int)first_len) != (int)first_len)
+            for (unsigned i = 0; first && i < o->first_updates; i++) {
+                if (tc_key_update(c, o->first_update_type) != 0)
                     return -1;
             }
+            if (first && SSL_write(c->ssl, first, (int)first_len) != (int)first_len)
+                return -1;
             return flush_out(c);
         }
         if (SSL_get_error(c->ssl, r) != SSL_ERROR_WANT_READ)
@@ -589,6 +589,14 @@ int tc_connect(struct tc *c, uint16_t port, const struct tc_opts *o, const void 
         if (flush_out(c) < 0 || fill_in(c) < 0)
             return -1;
     }
+}
+
+int tc_key_update(struct tc *c, int type)
+{
+    /* SSL_do_handshake writes it now rather than in front of the next application data. */
+    if (SSL_key_update(c->ssl, type) != 1 || SSL_do_handshake(c->ssl) != 1)
+        return -1;
+    return 0;
 }
 
 int tc_write(struct tc *c, const void *buf, size_t len)

@@ -95,8 +95,9 @@ struct tc_opts {
     SSL_CTX *ctx;         /* reuse this client context (the one the session came from) */
     size_t big_hello;     /* pad the ClientHello with an unknown extension of this many bytes */
     const char *sni;
-    /* With `first`: this many times a KeyUpdate (first_update_type: SSL_KEY_UPDATE_NOT_REQUESTED,
-     * the default, or SSL_KEY_UPDATE_REQUESTED) and then `first`, all in the Finished's write. */
+    /* With `first`: this many KeyUpdates back to back (first_update_type:
+     * SSL_KEY_UPDATE_NOT_REQUESTED, the default, or SSL_KEY_UPDATE_REQUESTED) before it, all in
+     * the Finished's write. */
     unsigned first_updates;
     int first_update_type;
 };
@@ -110,6 +111,9 @@ SSL_CTX *tc_ctx_new(const struct tc_opts *o);
  */
 int tc_connect(struct tc *c, uint16_t port, const struct tc_opts *o, const void *first,
                size_t first_len);
+/* A KeyUpdate of `type` (SSL_KEY_UPDATE_*) into the client's output, which the next tc_write
+ * sends along with its data. 0 or -1. */
+int tc_key_update(struct tc *c, int type);
 /* Writes all of buf as application data. 0 or -1. */
 int tc_write(struct tc *c, const void *buf, size_t len);
 /* Reads exactly len bytes of application data. 0, or -1 on error or end of stream. */
