@@ -447,7 +447,8 @@ typedef void (*ktla_close_cb)(struct ktla_conn *conn, int result, void *arg);
  * destroys the response still queued on both sides (the client's kernel drops what its
  * application has not read yet): this is how a server avoids that, and what nginx's
  * lingering_close does. A peer that only half-closed (TLS 1.3 allows it: RFC 8446 section 6.1)
- * still receives everything already sent.
+ * still receives everything already sent and then our close_notify: its FIN does not end the
+ * wait for room to send that.
  *
  * Call it when no send is in flight (a response is finished); a receive in flight is cancelled
  * (its callback never runs, and its buffer is not touched after this returns, as with

@@ -496,9 +496,10 @@ static int linger_drop(struct ktla_conn *c)
 }
 
 /*
- * Our close_notify, without waiting: 1 when it is out (or cannot be sent: then the FIN alone
- * ends the stream), 0 when the socket has no room for it yet. Either way what was queued before
- * it goes first: the kernel sends in order.
+ * Our close_notify, without waiting: 1 when it is out (or is not to be sent: then the FIN alone
+ * ends the stream), 0 when the socket has no room for it yet, a negative errno when the
+ * connection can take nothing more (the peer reset it). Either way what was queued before it
+ * goes first: the kernel sends in order.
  */
 static int linger_close_notify(struct ktla_conn *c)
 {
@@ -507,7 +508,7 @@ static int linger_close_notify(struct ktla_conn *c)
             return 1;
         ssize_t n = ktla_ktls_send_record(c->fd, KTLA_RT_ALERT, close_notify, sizeof(close_notify),
                                           MSG_DONTWAIT);
-        return n == -EAGAIN ? 0 : 1;
+        return n == -EAGAIN ? 0 : n < 0 ? (int)n : 1;
     }
     if (!c->ssl)
         return 1;
@@ -537,7 +538,7 @@ static int linger_close_notify(struct ktla_conn *c)
         }
         if (n < 0 && errno == EINTR)
             continue;
-        return n < 0 && errno == EAGAIN ? 0 : 1;
+        return n < 0 && errno == EAGAIN ? 0 : n < 0 ? -errno : 1;
     }
     return 1;
 }
@@ -579,15 +580,27 @@ static bool linger_progress(struct ktla_conn *c, uint64_t now)
 
 static void linger_step(struct ktla_conn *c)
 {
-    if (!c->cn_sent && linger_close_notify(c)) {
-        c->cn_sent = true;
-        shutdown(c->fd, SHUT_WR);
+    if (!c->cn_sent) {
+        int sent = linger_close_notify(c);
+        if (sent != 0) {
+            c->cn_sent = true;
+            c->cn_error = sent < 0 ? sent : 0;
+            shutdown(c->fd, SHUT_WR);
+        }
     }
-    int ret = linger_drop(c);
-    if (ret == 1) /* the peer closed: if our close_notify never got out, it did not wait for it */
-        return linger_end(c, c->cn_sent ? 0 : -EPIPE);
+    int ret = c->linger_eof ? 1 : linger_drop(c);
     if (ret < 0)
         return linger_end(c, ret);
+    /*
+     * The peer's FIN ends only its sending: a client that half-closes (close_notify and FIN
+     * right after its request, as `openssl s_client -ign_eof` or a shell pipe does) still reads
+     * the response. With our close_notify out, the stream is complete both ways; before that,
+     * it waits for room like the rest of the response, and only POLLOUT can say anything new.
+     */
+    if (ret == 1)
+        c->linger_eof = true;
+    if (c->linger_eof && c->cn_sent)
+        return linger_end(c, c->cn_error);
 
     uint64_t now = ktla_now_ns();
     if (now >= c->linger_deadline_ns && !linger_progress(c, now))
@@ -600,7 +613,8 @@ static void linger_step(struct ktla_conn *c)
         return linger_end(c, -EBUSY);
     /* Waiting for room for close_notify, input is dropped meanwhile: a client blocked on
      * sending could otherwise never read what makes room. */
-    io_uring_prep_poll_add(poll, c->fd, c->cn_sent ? POLLIN : POLLIN | POLLOUT);
+    io_uring_prep_poll_add(poll, c->fd,
+                           c->cn_sent ? POLLIN : c->linger_eof ? POLLOUT : POLLIN | POLLOUT);
     poll->flags |= IOSQE_IO_LINK;
     conn_submit(c, poll, &c->lop, KTLA_OP_LINGER);
     uint64_t left = c->linger_deadline_ns - now;
@@ -643,6 +657,8 @@ int ktla_conn_shutdown(struct ktla_conn *c, unsigned linger_ms, ktla_close_cb cb
     c->close_result = 0;
     c->linger_dropped = 0;
     c->cn_sent = false;
+    c->linger_eof = false;
+    c->cn_error = 0;
     c->linger_ms = linger_ms;
     c->linger_deadline_ns = ktla_now_ns() + (uint64_t)linger_ms * 1000000u;
     c->linger_cap_ns = c->linger_deadline_ns + 9ull * linger_ms * 1000000u;

@@ -131,6 +131,8 @@ struct ktla_conn {
     int linger_outq;                /* bytes not yet acknowledged at the last deadline */
     size_t linger_dropped;          /* bytes read and dropped */
     bool cn_sent;                   /* close_notify out (or given up on) and SHUT_WR done */
+    bool linger_eof;                /* the peer's FIN read: it may still be reading */
+    int cn_error;                   /* with cn_sent: 0, or why close_notify could not go out */
     int close_result;
     ktla_close_cb close_cb;
     void *close_arg;

@@ -498,8 +498,11 @@ static int fill_in(struct tc *c)
 {
     uint8_t buf[16384];
     ssize_t n = read(c->fd, buf, sizeof(buf));
-    if (n <= 0)
+    if (n <= 0) {
+        c->end_read = n;
+        c->end_errno = n < 0 ? errno : 0;
         return -1;
+    }
     BIO_write(SSL_get_rbio(c->ssl), buf, (int)n);
     return 0;
 }
@@ -651,10 +654,13 @@ int tc_half_close(struct tc *c)
 ssize_t tc_read_to_close_notify(struct tc *c, void *buf, size_t cap)
 {
     size_t got = 0;
+    c->end_ssl_error = c->end_errno = 0;
+    c->end_read = 1;
     for (;;) {
         int n = SSL_read(c->ssl, (uint8_t *)buf + got, (int)(cap - got > 65536 ? 65536 : cap - got));
         if (n > 0) {
             got += (size_t)n;
+            c->end_got = got;
             if (got == cap)
                 return -1;
             continue;
@@ -663,9 +669,21 @@ ssize_t tc_read_to_close_notify(struct tc *c, void *buf, size_t cap)
         ERR_clear_error();
         if (err == SSL_ERROR_ZERO_RETURN)
             return (ssize_t)got;
+        c->end_ssl_error = err;
         if (err != SSL_ERROR_WANT_READ || fill_in(c) < 0)
             return -1;
     }
+}
+
+const char *tc_end_text(const struct tc *c, char *buf, size_t cap)
+{
+    if (c->end_ssl_error != SSL_ERROR_WANT_READ)
+        snprintf(buf, cap, "%zu bytes, then OpenSSL error %d", c->end_got, c->end_ssl_error);
+    else if (c->end_read == 0)
+        snprintf(buf, cap, "%zu bytes, then a FIN without close_notify", c->end_got);
+    else
+        snprintf(buf, cap, "%zu bytes, then read: %s", c->end_got, strerror(c->end_errno));
+    return buf;
 }
 
 void tc_close(struct tc *c, bool close_notify)

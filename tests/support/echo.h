@@ -85,7 +85,16 @@ struct tc {
     int fd;
     SSL_CTX *ctx;
     SSL *ssl;
+    /* How the last tc_read_to_close_notify ended, for a failing test to say: the bytes it had,
+     * OpenSSL's error, and read(2)'s result and errno when the socket ended it. */
+    size_t end_got;
+    int end_ssl_error;
+    ssize_t end_read;
+    int end_errno;
 };
+
+/* "N bytes, then <how it ended>" from the fields above. */
+const char *tc_end_text(const struct tc *c, char *buf, size_t cap);
 
 
 struct tc_opts {

@@ -14,6 +14,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <linux/tls.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -42,6 +43,8 @@ static int nsent;
 static int send_failures; /* the next sends fail with EBADMSG (the socket's error after a
                              failed decryption), until SO_ERROR is read */
 static int so_error_reads;
+static int send_eagain;      /* the next sends find no room (EAGAIN) */
+static int send_errno;       /* then, when not 0, every send fails with this */
 
 static ssize_t fake_recvmsg(int fd, struct msghdr *msg, int flags)
 {
@@ -74,6 +77,11 @@ static ssize_t fake_sendmsg(int fd, const struct msghdr *msg, int flags)
     (void)flags;
     if (send_failures) {
         errno = EBADMSG;
+        return -1;
+    }
+    if (send_eagain || send_errno) {
+        errno = send_eagain ? EAGAIN : send_errno;
+        send_eagain -= send_eagain > 0;
         return -1;
     }
     uint8_t type = 23;
@@ -134,6 +142,7 @@ static void setup_conn(uint16_t version)
     conn->rop.conn = conn->wop.conn = conn;
     conn->file_fd = -1;
     nscript = next_rec = nsent = send_failures = so_error_reads = calls = 0;
+    send_eagain = send_errno = 0;
     result = 12345;
     ktla_sys.recvmsg = fake_recvmsg;
     ktla_sys.sendmsg = fake_sendmsg;
@@ -428,4 +437,53 @@ Test(kernel_conn, the_linger_reads_past_zero_length_records_to_the_end)
     cr_assert_eq(conn->linger_dropped, 3u);
     cr_assert_eq(conn->fd, -1, "the socket is still open after the peer's end");
     cr_assert_eq(conn->close_result, 0, "ended with %s", ktla_err_name(conn->close_result));
+}
+
+/*
+ * A client that half-closed right after its request (close_notify and FIN: `s_client -ign_eof`,
+ * a shell pipe) still reads the response. Its FIN read while our close_notify waits for room
+ * must not end the linger: the close_notify goes out once there is room, then the socket closes
+ * (6.17 guests under load lost it: the client saw a FIN without close_notify).
+ */
+Test(kernel_conn, a_half_closed_peer_still_gets_our_close_notify)
+{
+    static const uint8_t their_close_notify[2] = {1, 0};
+    setup_conn(V13);
+    add(0, 21, their_close_notify, 2);
+    add(0, 0, NULL, 0); /* their FIN */
+    send_eagain = 1;    /* the response still fills the socket */
+    cr_assert_eq(ktla_conn_shutdown(conn, 1000, NULL, NULL), 0);
+    struct io_uring_cqe cqe = {.res = 0};
+    ktla_conn_complete(&conn->lop, &cqe); /* the linger's first step: no room, their FIN read */
+    cr_assert_eq(next_rec, nscript, "the peer's close_notify and FIN were not read");
+    cr_assert_neq(conn->fd, -1, "closed after the peer's FIN with our close_notify unsent (%s)",
+                  ktla_err_name(conn->close_result));
+    cr_assert_eq(nsent, 0);
+    struct io_uring_cqe room = {.res = POLLOUT};
+    ktla_conn_complete(&conn->lop, &room); /* the poll: room for it now */
+    cr_assert_eq(nsent, 1, "%d records sent, want our close_notify", nsent);
+    cr_assert(sent[0][0] == 21 && sent[0][1] == 1 && sent[0][2] == 0, "sent %u %u/%u",
+              sent[0][0], sent[0][1], sent[0][2]);
+    cr_assert_eq(conn->fd, -1, "the socket is still open with both ends closed");
+    cr_assert_eq(conn->close_result, 0, "ended with %s", ktla_err_name(conn->close_result));
+}
+
+/* ...and when the peer is gone altogether (our send is refused), the linger ends with why. */
+Test(kernel_conn, a_peer_gone_while_our_close_notify_waits_ends_with_the_reason)
+{
+    static const uint8_t their_close_notify[2] = {1, 0};
+    setup_conn(V13);
+    add(0, 21, their_close_notify, 2);
+    add(0, 0, NULL, 0);
+    send_eagain = 1;
+    cr_assert_eq(ktla_conn_shutdown(conn, 1000, NULL, NULL), 0);
+    struct io_uring_cqe cqe = {.res = 0};
+    ktla_conn_complete(&conn->lop, &cqe);
+    cr_assert_neq(conn->fd, -1);
+    send_errno = ECONNRESET; /* its kernel answered our data with a reset */
+    struct io_uring_cqe err = {.res = POLLOUT | POLLERR};
+    ktla_conn_complete(&conn->lop, &err);
+    cr_assert_eq(conn->fd, -1, "the socket is still open after the reset");
+    cr_assert_eq(conn->close_result, -ECONNRESET, "ended with %s",
+                 ktla_err_name(conn->close_result));
 }
