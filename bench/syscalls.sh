@@ -4,8 +4,14 @@
 # GET each, then every call's count divided by the handshakes made. Counts, not times: strace
 # slows both servers alike, and what it counts does not depend on the machine's load.
 #
+# A second pass without strace, where perf can read the kernel's tracepoints, counts per
+# connection what the calls do not show: io_uring operations submitted, those that had to arm a
+# poll (the socket was not ready) or went to the kernel's io-wq threads, task work, context
+# switches, page faults, and the CPU split into user and kernel time.
+#
 # usage: bench/syscalls.sh [BUILD_DIR] [SECONDS]   (defaults: build, 5)
-# Prints a table: system call, calls per connection for ktla-serve and for nginx.
+# Prints a table: system call, calls per connection for ktla-serve and for nginx; then the
+# table of the second pass (or why there is none).
 set -uo pipefail
 build=$(cd "${1:-build}" && pwd)
 secs=${2:-5}
@@ -86,3 +92,72 @@ awk -v hk="$hk" -v hn="$hn" '
         }
         printf "| **all** | **%.1f** | **%.1f** |\n", tk, tn
     }' "$work/ktla.strace" "$work/nginx.strace" | sort -t'|' -k3 -rn
+
+# ---- the second pass: perf's counters on each server alone
+events="io_uring:io_uring_submit_req,io_uring:io_uring_poll_arm,io_uring:io_uring_queue_async_work"
+events+=",io_uring:io_uring_task_add,raw_syscalls:sys_enter,context-switches,cpu-migrations"
+events+=",page-faults"
+echo
+if ! command -v perf >/dev/null || ! perf stat -e "$events" -- true >/dev/null 2>&1; then
+    echo "(No perf counters here: perf missing, or its tracepoints unreadable; the table above is all.)"
+    exit 0
+fi
+# measure_perf NAME COMMAND...: perf stat on the running server (all its threads) while the load
+# runs; writes NAME.perf (perf's CSV) and NAME.pjson (the load's JSON).
+measure_perf() {
+    local name=$1
+    shift
+    "$@" >"$work/$name.plog" 2>&1 &
+    local pid=$!
+    for _ in $(seq 100); do listening && break; sleep 0.1; done
+    # nginx's worker is a child of its master: count the whole process tree's threads.
+    local pids
+    pids=$(pgrep -P $pid | tr '\n' ',')$pid
+    perf stat -x, -e "$events" -p "$pids" -o "$work/$name.perf" &
+    local perf=$!
+    sleep 0.3
+    "$build/ktla-bench" -m handshake -c 8 -d "$secs" -w 0 --tls 1.3 --groups X25519 \
+        --ciphers TLS_AES_128_GCM_SHA256 --server-pid $pid --json "$work/$name.pjson" -q \
+        "https://127.0.0.1:$port/1k.bin" >/dev/null 2>&1
+    kill -INT $perf
+    wait $perf 2>/dev/null
+    kill -TERM $pid 2>/dev/null
+    wait $pid 2>/dev/null
+    for _ in $(seq 50); do listening || break; sleep 0.1; done
+}
+measure_perf ktla "$build/ktla-serve" --listen "127.0.0.1:$port" --workers 1 --cert "$work/cert.pem" \
+    --key "$work/key.pem" "$work/www"
+measure_perf nginx nginx -p "$work/nginx" -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf"
+phs() { sed -n 's/.*"handshakes": \([0-9]*\).*/\1/p' "$work/$1.pjson"; }
+pk=$(phs ktla) pn=$(phs nginx)
+# The CPU split comes from ktla-bench (--server-pid: /proc, the process and its children).
+cpu() { sed -n "s/.*\"server_$2_us_per_handshake\": \([0-9.e+-]*\).*/\1/p" "$work/$1.pjson"; }
+echo "user_time $(cpu ktla user) $(cpu nginx user)" >"$work/cpu.txt"
+echo "system_time $(cpu ktla sys) $(cpu nginx sys)" >>"$work/cpu.txt"
+echo "### What each connection costs besides its system calls (perf stat, no strace)"
+echo
+echo "handshakes measured: ktla-serve $pk, nginx $pn"
+echo
+echo "| per connection | ktla-serve | nginx |"
+echo "| --- | ---: | ---: |"
+awk -F, -v hk="$pk" -v hn="$pn" -v cpuf="$work/cpu.txt" '
+    FNR == 1 { side = (FILENAME ~ /ktla/) ? "k" : "n" }
+    NF >= 3 && $1 ~ /^[0-9.]+$/ { v[side, $3] = $1; ev[$3] = 1 }
+    END {
+        split("io_uring:io_uring_submit_req io_uring:io_uring_poll_arm " \
+              "io_uring:io_uring_queue_async_work io_uring:io_uring_task_add " \
+              "raw_syscalls:sys_enter context-switches cpu-migrations page-faults " \
+              "user_time system_time", order, " ")
+        while ((getline line < cpuf) > 0) {
+            split(line, f, " "); cpu_k[f[1]] = f[2]; cpu_n[f[1]] = f[3]
+        }
+        split("io_uring operations submitted|...of which armed a poll (not ready yet)|" \
+              "...of which went to io-wq threads|io_uring task work items|system calls|" \
+              "context switches|CPU migrations|page faults|user CPU µs|kernel CPU µs",
+              label, "|")
+        for (i = 1; i in order; i++) {
+            e = order[i]; k = v["k", e] / (hk ? hk : 1); n = v["n", e] / (hn ? hn : 1)
+            if (e ~ /_time$/) { k = cpu_k[e]; n = cpu_n[e] } # already per connection
+            printf "| %s | %.2f | %.2f |\n", label[i], k, n
+        }
+    }' "$work/ktla.perf" "$work/nginx.perf"

@@ -215,8 +215,14 @@ int ktla_conn_recv(struct ktla_conn *c, void *buf, size_t len, ktla_io_cb cb, vo
     c->rcb = cb;
     c->rarg = arg;
     int ret;
-    if (c->early || c->peer_closed || c->info.rx_mode == KTLA_MODE_USERSPACE)
+    /* Userspace mode with nothing decryptable already here (the usual case: the client has not
+     * sent the next request yet) reads the socket straight away, as kernel mode does; a no-op
+     * round through the ring first would only come back to submit the same read. */
+    if (c->early || c->peer_closed ||
+        (c->info.rx_mode == KTLA_MODE_USERSPACE && uconn_has_pending(c)))
         ret = recv_submit_nop(c);
+    else if (c->info.rx_mode == KTLA_MODE_USERSPACE)
+        ret = uconn_recv_submit_raw(c);
     else
         ret = conn_recv_submit_socket(c, buf, len);
     if (ret < 0)

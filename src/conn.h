@@ -58,6 +58,12 @@ void kconn_rekey_tx(struct ktla_conn *c);
 
 /* conn_us.c: userspace mode. */
 void uconn_recv_step(struct ktla_conn *c);
+/* Userspace mode: true when OpenSSL holds input (decrypted or not) or its read BIO does, so that
+ * a receive may be answered without the socket. */
+bool uconn_has_pending(struct ktla_conn *c);
+/* Userspace mode: the socket read for ciphertext into the connection's record buffer. 0, or
+ * -ENOMEM, -EBUSY; on success the completion goes to uconn_on_raw_recv. */
+int uconn_recv_submit_raw(struct ktla_conn *c);
 void uconn_on_raw_recv(struct ktla_conn *c, int res);
 void uconn_trim(struct ktla_conn *c);
 int uconn_encrypt(struct ktla_conn *c, const void *p, size_t n);

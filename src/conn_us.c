@@ -58,17 +58,30 @@ void uconn_recv_step(struct ktla_conn *c)
                               ERR_GET_REASON(e) >= SSL_AD_REASON_OFFSET ? KTLA_EALERT : KTLA_ETLS);
     }
     }
+    int ret = uconn_recv_submit_raw(c);
+    if (ret < 0)
+        conn_recv_done(c, ret);
+}
+
+bool uconn_has_pending(struct ktla_conn *c)
+{
+    return SSL_has_pending(c->ssl) || BIO_ctrl_pending(SSL_get_rbio(c->ssl)) > 0;
+}
+
+int uconn_recv_submit_raw(struct ktla_conn *c)
+{
     if (!c->raw) {
         c->raw = malloc(RAW_CAP);
         if (!c->raw)
-            return conn_recv_done(c, -ENOMEM);
+            return -ENOMEM;
         c->raw_cap = RAW_CAP;
     }
     struct io_uring_sqe *sqe = ktla_ring_sqe(c->ring);
     if (!sqe)
-        return conn_recv_done(c, -EBUSY);
+        return -EBUSY;
     io_uring_prep_recv(sqe, c->fd, c->raw, c->raw_cap, 0);
     conn_submit(c, sqe, &c->rop, KTLA_OP_RAW_RECV);
+    return 0;
 }
 
 void uconn_on_raw_recv(struct ktla_conn *c, int res)

@@ -1010,6 +1010,11 @@ void worker_run(struct worker *w)
         }
         w->ring_disabled = false;
     }
+    /* Every io_uring_enter then finds the ring by index instead of looking its descriptor up
+     * (and, with several workers sharing one descriptor table, taking a reference every other
+     * core's lookups contend on). Per thread, so registered here; kernels before 5.18 refuse it
+     * and the descriptor serves as before. */
+    (void)io_uring_register_ring_fd(&w->ring);
     for (;;) {
         int ret = io_uring_submit_and_wait(&w->ring, 1);
         if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
