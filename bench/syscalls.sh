@@ -102,12 +102,18 @@ if ! command -v perf >/dev/null || ! perf stat -e "$events" -- true >/dev/null 2
     echo "(No perf counters here: perf missing, or its tracepoints unreadable; the table above is all.)"
     exit 0
 fi
+pin0= pin1=
+if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
+    pin0="taskset -c 0" pin1="taskset -c 1"
+fi
 # measure_perf NAME COMMAND...: perf stat on the running server (all its threads) while the load
 # runs; writes NAME.perf (perf's CSV) and NAME.pjson (the load's JSON).
 measure_perf() {
     local name=$1
     shift
-    "$@" >"$work/$name.plog" 2>&1 &
+    # The server on CPU 0 and the load on CPU 1, as scripts/bench-compare.sh does: unpinned, the
+    # two trade places and the CPU figures wander by a quarter from one run to the next.
+    $pin0 "$@" >"$work/$name.plog" 2>&1 &
     local pid=$!
     for _ in $(seq 100); do listening && break; sleep 0.1; done
     # nginx's worker is a child of its master: count the whole process tree's threads.
@@ -116,7 +122,7 @@ measure_perf() {
     perf stat -x, -e "$events" -p "$pids" -o "$work/$name.perf" &
     local perf=$!
     sleep 0.3
-    "$build/ktla-bench" -m handshake -c 8 -d "$secs" -w 0 --tls 1.3 --groups X25519 \
+    $pin1 "$build/ktla-bench" -m handshake -c 8 -d "$secs" -w 0 --tls 1.3 --groups X25519 \
         --ciphers TLS_AES_128_GCM_SHA256 --server-pid $pid --json "$work/$name.pjson" -q \
         "https://127.0.0.1:$port/1k.bin" >/dev/null 2>&1
     kill -INT $perf
