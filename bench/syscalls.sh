@@ -48,6 +48,23 @@ http {
 }
 EOF
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
+wait_listening() { for _ in $(seq 100); do listening && break; sleep 0.1; done; }
+wait_closed() { for _ in $(seq 50); do listening || break; sleep 0.1; done; }
+# load JSON [OPTION...]: the handshakes the server is measured under, their figures into JSON.
+load() {
+    local json=$1
+    shift
+    $pin1 "$build/ktla-bench" -m handshake -c 8 -d "$secs" -w 0 --tls 1.3 --groups X25519 \
+        --ciphers TLS_AES_128_GCM_SHA256 "$@" --json "$json" -q \
+        "https://127.0.0.1:$port/1k.bin" >/dev/null 2>&1
+}
+# handshakes FILE: how many the load made.
+handshakes() { sed -n 's/.*"handshakes": \([0-9]*\).*/\1/p' "$1"; }
+ktla_cmd=("$build/ktla-serve" --listen "127.0.0.1:$port" --workers 1 --cert "$work/cert.pem"
+    --key "$work/key.pem" "$work/www")
+nginx_cmd=(nginx -p "$work/nginx" -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf")
+# The second pass pins the server to CPU 0 and the load to CPU 1 (set below); strace's does not.
+pin0= pin1=
 
 # measure NAME COMMAND...: the server under strace; prints "handshakes" then strace's table.
 measure() {
@@ -55,21 +72,17 @@ measure() {
     shift
     strace -f -c -o "$work/$name.strace" "$@" >"$work/$name.log" 2>&1 &
     local pid=$!
-    for _ in $(seq 100); do listening && break; sleep 0.1; done
-    "$build/ktla-bench" -m handshake -c 8 -d "$secs" -w 0 --tls 1.3 --groups X25519 \
-        --ciphers TLS_AES_128_GCM_SHA256 --json "$work/$name.json" -q \
-        "https://127.0.0.1:$port/1k.bin" >/dev/null 2>&1
+    wait_listening
+    load "$work/$name.json"
     # The server, not strace: strace ends with it and writes its table.
     pkill -TERM -P $pid 2>/dev/null
     wait $pid 2>/dev/null
-    for _ in $(seq 50); do listening || break; sleep 0.1; done
+    wait_closed
 }
-measure ktla "$build/ktla-serve" --listen "127.0.0.1:$port" --workers 1 --cert "$work/cert.pem" \
-    --key "$work/key.pem" "$work/www"
-measure nginx nginx -p "$work/nginx" -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf"
+measure ktla "${ktla_cmd[@]}"
+measure nginx "${nginx_cmd[@]}"
 
-hs() { sed -n 's/.*"handshakes": \([0-9]*\).*/\1/p' "$work/$1.json"; }
-hk=$(hs ktla) hn=$(hs nginx)
+hk=$(handshakes "$work/ktla.json") hn=$(handshakes "$work/nginx.json")
 # The whole run is counted, start-up included (a few dozen calls, the same for both), and
 # divided by the handshakes of the whole run (no warm-up window).
 echo "### System calls per connection: full TLS 1.3 handshake + 1 KiB GET, ${secs} s"
@@ -102,7 +115,6 @@ if ! command -v perf >/dev/null || ! perf stat -e "$events" -- true >/dev/null 2
     echo "(No perf counters here: perf missing, or its tracepoints unreadable; the table above is all.)"
     exit 0
 fi
-pin0= pin1=
 if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
     pin0="taskset -c 0" pin1="taskset -c 1"
 fi
@@ -115,27 +127,23 @@ measure_perf() {
     # two trade places and the CPU figures wander by a quarter from one run to the next.
     $pin0 "$@" >"$work/$name.plog" 2>&1 &
     local pid=$!
-    for _ in $(seq 100); do listening && break; sleep 0.1; done
+    wait_listening
     # nginx's worker is a child of its master: count the whole process tree's threads.
     local pids
     pids=$(pgrep -P $pid | tr '\n' ',')$pid
     perf stat -x, -e "$events" -p "$pids" -o "$work/$name.perf" &
     local perf=$!
     sleep 0.3
-    $pin1 "$build/ktla-bench" -m handshake -c 8 -d "$secs" -w 0 --tls 1.3 --groups X25519 \
-        --ciphers TLS_AES_128_GCM_SHA256 --server-pid $pid --json "$work/$name.pjson" -q \
-        "https://127.0.0.1:$port/1k.bin" >/dev/null 2>&1
+    load "$work/$name.pjson" --server-pid $pid
     kill -INT $perf
     wait $perf 2>/dev/null
     kill -TERM $pid 2>/dev/null
     wait $pid 2>/dev/null
-    for _ in $(seq 50); do listening || break; sleep 0.1; done
+    wait_closed
 }
-measure_perf ktla "$build/ktla-serve" --listen "127.0.0.1:$port" --workers 1 --cert "$work/cert.pem" \
-    --key "$work/key.pem" "$work/www"
-measure_perf nginx nginx -p "$work/nginx" -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf"
-phs() { sed -n 's/.*"handshakes": \([0-9]*\).*/\1/p' "$work/$1.pjson"; }
-pk=$(phs ktla) pn=$(phs nginx)
+measure_perf ktla "${ktla_cmd[@]}"
+measure_perf nginx "${nginx_cmd[@]}"
+pk=$(handshakes "$work/ktla.pjson") pn=$(handshakes "$work/nginx.pjson")
 # The CPU split comes from ktla-bench (--server-pid: /proc, the process and its children).
 cpu() { sed -n "s/.*\"server_$2_us_per_handshake\": \([0-9.e+-]*\).*/\1/p" "$work/$1.pjson"; }
 echo "user_time $(cpu ktla user) $(cpu nginx user)" >"$work/cpu.txt"
