@@ -411,7 +411,7 @@ KTLA_API int ktla_conn_recv(struct ktla_conn *conn, void *buf, size_t len, ktla_
 KTLA_API int ktla_conn_recv_ready(struct ktla_conn *conn, ktla_io_cb cb, void *arg);
 
 /* Gives back what a connection in userspace mode holds between requests: its ciphertext and
- * plaintext buffers and OpenSSL's memory BIOs, tens of KB. For connections that have gone idle
+ * plaintext buffers and OpenSSL's read BIO, up to about 520 KB after a long file. For connections that have gone idle
  * (ktla-serve: at the next tick of its timer): doing it after every request would make the next
  * one allocate it all again. Does nothing in kernel mode, or while a send or a receive into a
  * buffer is in flight. */

@@ -18,6 +18,7 @@
 
 #include <openssl/err.h>
 
+#include "conn.h"
 #include "context.h"
 #include "internal.h"
 #include "keys.h"
@@ -246,9 +247,15 @@ static void hs_handover(struct ktla_conn *c)
                               c->info.version == KTLA_TLS1_3 ? "TLSv1.3" : "TLSv1.2",
                               c->info.cipher_name, ktla_strerror(why), ktla_err_name(why));
         }
-        /* Userspace keeps OpenSSL's state for the directions it carries. */
+        /* Userspace keeps OpenSSL's state for the directions it carries; its records go
+         * straight into the connection's send buffer. */
         c->ssl = ssl;
         hs->ssl = NULL;
+        if (c->info.tx_mode == KTLA_MODE_USERSPACE && (ret = uconn_adopt(c)) < 0) {
+            hs->ssl_error = 0;
+            hs_fail(c, ret);
+            return;
+        }
     } else {
         acc->stats.ktls_both++;
     }

@@ -3,7 +3,7 @@
  * receive and send in progress, the graceful shutdown, closing, routing completions). What
  * differs by mode is apart: conn_kernel.c (the socket speaks TLS by itself: control records,
  * alerts, KeyUpdate, sendfile and splice) and conn_us.c (OpenSSL's state from the handshake
- * carries on over memory BIOs; the ciphertext still moves through io_uring).
+ * carries on over BIOs in memory; the ciphertext still moves through io_uring).
  */
 #include <errno.h>
 #include <limits.h>
@@ -52,6 +52,7 @@ void ktla_conn_destroy(struct ktla_conn *c)
         OPENSSL_clear_free(c->early, c->early_len);
     free(c->raw); /* ciphertext only: nothing to wipe */
     free(c->enc);
+    free(c->side);
     free(c->sni);
     /* File contents on their way out, no secret: wiping 64 KiB per connection was a tenth of
      * a small download's cost (and faulted in pages never touched). Keys are wiped, not this. */
@@ -280,12 +281,12 @@ bool conn_submit_pollout(struct ktla_conn *c)
 
 static void on_send(struct ktla_conn *c, int res)
 {
+    if (c->info.tx_mode == KTLA_MODE_USERSPACE)
+        uconn_sent(c, res);
     if (res < 0)
         return conn_send_done(c, res == -EIO ? KTLA_ETLS : res);
-    if (c->info.tx_mode == KTLA_MODE_USERSPACE) {
-        c->enc_off += (size_t)res;
+    if (c->info.tx_mode == KTLA_MODE_USERSPACE)
         return uconn_send_step(c);
-    }
     if (c->head_off < c->head_len) { /* the head of ktla_conn_sendfile_head */
         c->head_off += (size_t)res;
         c->info.bytes_sent += (size_t)res;
@@ -340,11 +341,12 @@ int ktla_conn_send(struct ktla_conn *c, const void *buf, size_t len, ktla_io_cb 
         return 0;
     }
     /* Encrypting now is fine: only the completion must not run inside this call. */
-    ret = uconn_encrypt(c, buf, len < US_CHUNK ? len : US_CHUNK);
+    size_t n = uconn_step(len);
+    ret = uconn_encrypt(c, buf, n);
     if (ret < 0)
         return ret;
-    conn_encrypted(c, len < US_CHUNK ? len : US_CHUNK);
-    if (!conn_submit_send(c, c->enc, c->enc_len))
+    conn_encrypted(c, n);
+    if (!uconn_submit_enc(c))
         return -EBUSY;
     c->sbusy = true;
     return 0;
@@ -377,15 +379,12 @@ int ktla_conn_sendfile(struct ktla_conn *c, int file_fd, uint64_t offset, size_t
             ok = conn_submit_pollout(c);
         }
     } else {
-        if (!c->chunk && !(c->chunk = malloc(US_CHUNK)))
-            return -ENOMEM;
-        struct io_uring_sqe *sqe = ktla_ring_sqe(c->ring);
-        ok = sqe != NULL;
-        if (ok) {
-            io_uring_prep_read(sqe, file_fd, c->chunk,
-                               (unsigned)(count < US_CHUNK ? count : US_CHUNK), offset);
-            conn_submit(c, sqe, &c->wop, KTLA_OP_FILE_READ);
+        ret = uconn_read_file(c, NULL, 0);
+        if (ret == -ENOMEM) {
+            c->file_fd = -1;
+            return ret;
         }
+        ok = ret == 0;
     }
     if (!ok) {
         c->file_fd = -1;
@@ -422,18 +421,15 @@ int ktla_conn_sendfile_head(struct ktla_conn *c, const void *head, size_t head_l
             ok = conn_submit_send_flags(c, head, head_len, MSG_MORE);
         }
     } else {
-        if (!c->chunk && !(c->chunk = malloc(US_CHUNK)))
-            return -ENOMEM;
-        memcpy(c->chunk, head, head_len);
-        c->us_head = head_len;
-        size_t n = US_CHUNK - head_len;
-        struct io_uring_sqe *sqe = ktla_ring_sqe(c->ring);
-        ok = sqe != NULL;
-        if (ok) {
-            io_uring_prep_read(sqe, file_fd, c->chunk + head_len, (unsigned)(count < n ? count : n),
-                               offset);
-            conn_submit(c, sqe, &c->wop, KTLA_OP_FILE_READ);
+        ret = uconn_read_file(c, head, head_len);
+        if (ret == -ENOMEM) {
+            c->file_fd = -1;
+            c->result_extra = 0;
+            return ret;
         }
+        ok = ret == 0;
+        if (ok)
+            c->us_head = head_len;
     }
     if (!ok) {
         c->file_fd = -1;
@@ -518,22 +514,10 @@ static int linger_close_notify(struct ktla_conn *c)
     }
     if (!c->ssl)
         return 1;
-    if (c->enc_off >= c->enc_len) { /* not made yet: every earlier byte is on the wire */
-        c->enc_off = c->enc_len = 0;
-        SSL_shutdown(c->ssl); /* writes the alert into the memory BIO; 0 or 1 both do */
+    if (!c->cn_made) { /* what is still in enc goes first: the alert is written after it */
+        c->cn_made = true;
+        SSL_shutdown(c->ssl); /* writes the alert into enc (the write BIO); 0 or 1 both do */
         ERR_clear_error();
-        BIO *wbio = SSL_get_wbio(c->ssl);
-        size_t pending = BIO_ctrl_pending(wbio);
-        if (!pending)
-            return 1; /* OpenSSL would not (a fatal error came first) */
-        if (pending > c->enc_cap) {
-            uint8_t *e = realloc(c->enc, pending);
-            if (!e)
-                return 1;
-            c->enc = e;
-            c->enc_cap = pending;
-        }
-        c->enc_len = (size_t)BIO_read(wbio, c->enc, (int)pending);
     }
     while (c->enc_off < c->enc_len) {
         ssize_t n =
@@ -662,7 +646,7 @@ int ktla_conn_shutdown(struct ktla_conn *c, unsigned linger_ms, ktla_close_cb cb
     c->close_arg = arg;
     c->close_result = 0;
     c->linger_dropped = 0;
-    c->cn_sent = false;
+    c->cn_made = c->cn_sent = false;
     c->linger_eof = false;
     c->cn_error = 0;
     c->linger_ms = linger_ms;
@@ -725,11 +709,12 @@ void ktla_conn_close_then(struct ktla_conn *c, ktla_close_cb cb, void *arg)
                 ktla_ktls_send_record(c->fd, KTLA_RT_ALERT, close_notify, sizeof(close_notify),
                                       MSG_DONTWAIT);
         } else if (c->ssl) {
+            /* Behind a send still in flight the alert could only go after it: not sent. */
+            bool in_flight = c->enc_sending;
             SSL_shutdown(c->ssl);
-            char *data;
-            long n = BIO_get_mem_data(SSL_get_wbio(c->ssl), &data);
-            if (n > 0 && c->enc_off >= c->enc_len)
-                (void)!send(c->fd, data, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL);
+            if (!in_flight && c->enc_off < c->enc_len)
+                (void)!send(c->fd, c->enc + c->enc_off, c->enc_len - c->enc_off,
+                            MSG_DONTWAIT | MSG_NOSIGNAL);
             ERR_clear_error();
         }
     }

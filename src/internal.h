@@ -130,6 +130,7 @@ struct ktla_conn {
     unsigned linger_ms;
     int linger_outq;                /* bytes not yet acknowledged at the last deadline */
     size_t linger_dropped;          /* bytes read and dropped */
+    bool cn_made;                   /* userspace mode: close_notify written (into enc) */
     bool cn_sent;                   /* close_notify out (or given up on) and SHUT_WR done */
     bool linger_eof;                /* the peer's FIN read: it may still be reading */
     int cn_error;                   /* with cn_sent: 0, or why close_notify could not go out */
@@ -139,10 +140,14 @@ struct ktla_conn {
 
     uint8_t *raw;          /* userspace mode: ciphertext received (rx) */
     size_t raw_cap;
-    uint8_t *enc;          /* userspace mode: ciphertext to send (tx), and a file chunk */
+    uint8_t *enc;          /* userspace mode: ciphertext to send (tx), written by OpenSSL */
     size_t enc_len, enc_off, enc_cap;
     size_t enc_plain;      /* plaintext bytes in enc: counted as sent once enc is on the wire */
-    uint8_t *chunk;
+    bool enc_sending;      /* a send from enc is in flight: the kernel may read it */
+    uint8_t *side;         /* ...meanwhile OpenSSL's writes (alerts) wait here */
+    size_t side_len, side_cap;
+    uint8_t *chunk;        /* userspace mode: file contents to encrypt */
+    size_t chunk_cap;
 };
 
 struct ktla_acceptor {

@@ -656,6 +656,115 @@ static void count_server_updates(int write_p, int version, int content_type, con
         ++*(unsigned *)arg;
 }
 
+/* The client's message callback (SSL_set_msg_callback). */
+typedef void (*tc_msg_cb)(int, int, int, const void *, size_t, SSL *, void *);
+
+/*
+ * A userspace-mode server that keeps receiving while it sends a file of len bytes (pattern in
+ * data), and a client whose small receive buffer has stalled that send: it asked for the file and
+ * read nothing for 300 ms. cb(arg) watches what the client reads.
+ */
+static struct echo_server *stalled_send(uint8_t *data, size_t len, struct tc *c, tc_msg_cb cb,
+                                        void *arg)
+{
+    char name[] = "/tmp/ktla-accept-file-XXXXXX";
+    int fd = mkstemp(name);
+    cr_assert(fd >= 0);
+    tu_pattern(data, len, 92);
+    cr_assert_eq(write(fd, data, len), (ssize_t)len);
+    close(fd);
+    struct echo_opts o = {
+        .tickets = -1, .file = name, .ktls = KTLA_KTLS_OFF, .recv_during_file = true};
+    struct echo_server *s = echo_start(&o);
+    unlink(name);
+    struct tc_opts co = {.version = KTLA_TLS1_3, .cipher = -1, .rcvbuf = 65536};
+    cr_assert_eq(tc_connect(c, echo_port(s), &co, NULL, 0), 0);
+    SSL_set_msg_callback(c->ssl, cb);
+    SSL_set_msg_callback_arg(c->ssl, arg);
+    cr_assert_eq(tc_write(c, "FILE", 4), 0);
+    usleep(300 * 1000); /* the sockets fill up: the server's send waits for room */
+    return s;
+}
+
+/*
+ * Userspace mode: a client's requested KeyUpdate, read while a long send waits for room. OpenSSL
+ * (3.0) answers it with a KeyUpdate of ours in front of its next records: exactly one arrives, and
+ * every byte of the file, before and after it, decrypts.
+ */
+Test(acceptor, userspace_key_update_answered_during_a_send_follows_it)
+{
+    const size_t len = 16 << 20;
+    uint8_t *data = malloc(len), *in = malloc(len);
+    struct tc c;
+    struct echo_conn conns[4];
+    unsigned answered = 0;
+
+    cr_assert(data && in);
+    struct echo_server *s = stalled_send(data, len, &c, count_server_updates, &answered);
+    cr_assert_eq(tc_key_update(&c, SSL_KEY_UPDATE_REQUESTED), 0);
+    cr_assert_eq(tc_write(&c, "k", 1), 0);
+    usleep(100 * 1000); /* read and answered while that send still waits */
+    cr_assert_eq(tc_read_full(&c, in, len), 0, "the file broke off");
+    cr_assert(memcmp(in, data, len) == 0, "the file arrived different");
+    cr_assert_eq(answered, 1, "%u KeyUpdates from the server", answered);
+    tc_close(&c, true);
+    cr_assert(echo_wait_ended(s, 1, 10000));
+    struct echo_conn *ec = last_conn(s, conns, 4);
+    cr_assert_eq(ec->info.tx_mode, KTLA_MODE_USERSPACE);
+    cr_assert_eq(ec->read_during_file, 1);
+    cr_assert_eq(ec->bytes_sent, len);
+    cr_assert_eq(ec->last_result, 0, "ended with %s", ktla_err_name((int)ec->last_result));
+    free(data);
+    free(in);
+    echo_stop(s);
+}
+
+/* The alert the client reads (level << 8 | description), as its SSL's message callback. */
+static void note_alert(int write_p, int version, int content_type, const void *buf, size_t len,
+                       SSL *ssl, void *arg)
+{
+    (void)version, (void)ssl;
+    if (!write_p && content_type == SSL3_RT_ALERT && len >= 2)
+        *(int *)arg = ((const uint8_t *)buf)[0] << 8 | ((const uint8_t *)buf)[1];
+}
+
+/*
+ * Userspace mode: a record that fails authentication, read while a long send waits for room.
+ * OpenSSL writes its fatal bad_record_mac alert then, into the write BIO while the kernel still
+ * sends from c->enc: the alert must wait for that send and go out after it (RFC 8446 §5.2: the
+ * connection ends with it), after bytes of the file that all decrypt.
+ */
+Test(acceptor, userspace_alert_written_during_a_send_follows_it)
+{
+    const size_t len = 16 << 20;
+    uint8_t *data = malloc(len), *in = malloc(len);
+    struct tc c;
+    struct echo_conn conns[4];
+    int alert = 0;
+    char why[128];
+    /* Application data, 32 bytes of it, under no key the server has. */
+    uint8_t forged[5 + 32] = {0x17, 0x03, 0x03, 0x00, 32};
+
+    cr_assert(data && in);
+    struct echo_server *s = stalled_send(data, len, &c, note_alert, &alert);
+    tu_pattern(forged + 5, 32, 5);
+    cr_assert_eq(write(c.fd, forged, sizeof(forged)), (ssize_t)sizeof(forged));
+    usleep(100 * 1000); /* read, and the alert written, while that send still waits */
+    cr_assert_eq(tc_read_to_close_notify(&c, in, len), -1);
+    cr_assert_eq(alert, 2 << 8 | SSL_AD_BAD_RECORD_MAC, "no fatal bad_record_mac: %s (alert %#x)",
+                 tc_end_text(&c, why, sizeof(why)), alert);
+    cr_assert(c.end_got > 0 && c.end_got < len, "%s", tc_end_text(&c, why, sizeof(why)));
+    cr_assert(memcmp(in, data, c.end_got) == 0, "the file arrived different");
+    tc_close(&c, false);
+    cr_assert(echo_wait_ended(s, 1, 10000));
+    struct echo_conn *ec = last_conn(s, conns, 4);
+    cr_assert_eq(ec->info.tx_mode, KTLA_MODE_USERSPACE);
+    cr_assert_lt(ec->last_result, 0);
+    free(data);
+    free(in);
+    echo_stop(s);
+}
+
 /*
  * KeyUpdates back to back with no data between them: 32 in a row are followed and each request
  * answered with a KeyUpdate of ours before the data (tlsfuzzer sends 32 and expects 32 back), in

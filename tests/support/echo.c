@@ -94,6 +94,10 @@ struct echo_state {
     int idx;
     uint8_t buf[16384];
     bool closing;
+    bool sending;            /* recv_during_file: a FILE send in progress */
+    bool recv_ended;         /* ...and the receive beside it ended, with this result */
+    ssize_t recv_result;
+    uint8_t side[16384];
 };
 
 /* The state (and the receive buffer in it) goes when ktla says nothing of the connection is in
@@ -193,9 +197,37 @@ static void on_file_sent(struct ktla_conn *conn, ssize_t n, void *arg)
 static void on_sent(struct ktla_conn *conn, ssize_t n, void *arg)
 {
     struct echo_state *st = arg;
+    if (st->sending) { /* recv_during_file: the receive beside the send goes on */
+        st->sending = false;
+        if (n < 0)
+            return echo_end(conn, st, n);
+        if (st->recv_ended)
+            return echo_end(conn, st, st->recv_result);
+        return;
+    }
     if (n < 0)
         return echo_end(conn, st, n);
     next_recv(conn, st);
+}
+
+/* recv_during_file: what arrives while the file goes out is counted; the end of the stream ends
+ * the connection once the send is over. */
+static void on_side_recv(struct ktla_conn *conn, ssize_t n, void *arg)
+{
+    struct echo_state *st = arg;
+    if (n > 0) {
+        pthread_mutex_lock(&st->srv->lock);
+        st->srv->conns[st->idx].read_during_file += (uint64_t)n;
+        pthread_mutex_unlock(&st->srv->lock);
+        int ret = ktla_conn_recv(conn, st->side, sizeof(st->side), on_side_recv, st);
+        if (ret >= 0)
+            return;
+        n = ret;
+    }
+    if (!st->sending)
+        return echo_end(conn, st, n);
+    st->recv_ended = true;
+    st->recv_result = n;
 }
 
 static void on_recv(struct ktla_conn *conn, ssize_t n, void *arg)
@@ -215,6 +247,12 @@ static void on_recv(struct ktla_conn *conn, ssize_t n, void *arg)
                                           done, st);
         else
             ret = ktla_conn_sendfile(conn, st->srv->file_fd, 0, count, done, st);
+        if (ret == 0 && st->srv->opts.recv_during_file) {
+            st->sending = true;
+            ret = ktla_conn_recv(conn, st->side, sizeof(st->side), on_side_recv, st);
+            if (ret < 0)
+                st->sending = false; /* ends it now; the send's completion still comes */
+        }
     } else {
         ret = ktla_conn_send(conn, st->buf, (size_t)n, on_sent, st);
     }
@@ -558,6 +596,8 @@ int tc_connect(struct tc *c, uint16_t port, const struct tc_opts *o, const void 
     c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     cr_assert(c->fd >= 0);
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (o->rcvbuf)
+        setsockopt(c->fd, SOL_SOCKET, SO_RCVBUF, &o->rcvbuf, sizeof(o->rcvbuf));
     if (connect(c->fd, (struct sockaddr *)&addr, sizeof(addr)) < 0)
         return -1;
     if (o->ctx) {

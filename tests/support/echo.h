@@ -31,6 +31,9 @@ struct echo_opts {
     int file_end;
     const char *plain_reply; /* ktla_acceptor_set_plain_reply, when not NULL */
     const char *file_head;   /* FILE answered with ktla_conn_sendfile_head(file_head, file) */
+    /* While a FILE is being sent, keep receiving (what comes is counted, not answered), as an
+     * HTTP/2 server does: OpenSSL reads, and may write, while a send is in flight. */
+    bool recv_during_file;
 };
 
 enum { ECHO_END_SHUTDOWN = 1, ECHO_END_CLOSE = 2 };
@@ -48,6 +51,7 @@ struct echo_conn {
     bool ended;
     bool shut;        /* ended with ktla_conn_shutdown: close_result is its callback's result */
     int close_result;
+    uint64_t read_during_file; /* with recv_during_file: bytes received while sending */
 };
 
 struct echo_server;
@@ -109,6 +113,7 @@ struct tc_opts {
      * the Finished's write. */
     unsigned first_updates;
     int first_update_type;
+    int rcvbuf; /* SO_RCVBUF before connecting, when not 0 */
 };
 
 /* The client context tc_connect would make for these options; the caller frees it. */
