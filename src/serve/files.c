@@ -13,6 +13,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "serve.h"
@@ -520,6 +521,31 @@ static const struct coding {
     const char *name, *ext;
 } codings[] = {{"br", ".br"}, {"gzip", ".gz"}};
 
+static uint64_t coarse_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* FNV-1a, never 0 (an empty slot). */
+static uint64_t path_hash(const char *p)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (; *p; p++)
+        h = (h ^ (uint8_t)*p) * 0x100000001b3ull;
+    return h ? h : 1;
+}
+
+/* The absent-sibling slot for this hash, and whether it says the path was missing lately. */
+static struct files_absent *absent_slot(struct files_scratch *s, uint64_t h, uint64_t now,
+                                        bool *absent)
+{
+    struct files_absent *a = &s->absent[h % FILES_ABSENT_SLOTS];
+    *absent = a->hash == h && now < a->until_ns;
+    return a;
+}
+
 /*
  * path (a regular file, open as *fd with *st) may have siblings path.br and path.gz. Says in
  * resp whether it has any (Vary), and when the request accepts one, puts it in *fd and *st
@@ -534,14 +560,22 @@ static const struct coding *pick_sibling(struct files_scratch *s, int root_fd, c
     size_t len = strlen(path);
     const struct coding *best = NULL;
     int best_q = 0;
+    uint64_t now = coarse_now_ns();
     for (size_t i = 0; i < sizeof(codings) / sizeof(codings[0]); i++) {
         struct stat sst;
+        bool absent;
         strcpy(path + len, codings[i].ext);
-        int sfd = open_in(s, root_fd, path);
+        uint64_t h = path_hash(path);
+        struct files_absent *slot = absent_slot(s, h, now, &absent);
+        int sfd = absent ? -404 : open_in(s, root_fd, path);
         path[len] = '\0';
         if (sfd == OPEN_COLD) {
             *cold = true;
             return NULL;
+        }
+        if (sfd == -404 && !absent) {
+            slot->hash = h;
+            slot->until_ns = now + FILES_ABSENT_NS;
         }
         if (sfd < 0)
             continue;

@@ -205,6 +205,9 @@ struct mime_table;
 #define FILES_LOCATION_MAX 1024 /* a redirect longer than this is refused (414) */
 
 /* Scratch for answering one request: what resp's strings point into. */
+#define FILES_ABSENT_SLOTS 512
+#define FILES_ABSENT_NS 1000000000ull
+
 struct files_scratch {
     char path[HTTP_URL_MAX + 16];
     char location[FILES_LOCATION_MAX];
@@ -215,6 +218,12 @@ struct files_scratch {
      * waiting is harmless (ktla-serve: io_uring's openat2) and ask again. */
     bool cached_only;
     char cold[HTTP_URL_MAX + 16];
+    /* Precompressed siblings found missing, each remembered for FILES_ABSENT_NS: most files
+     * have none, and looking both up again for every request was two of its three path
+     * lookups. A sibling added to DIR is served within that time. Zero means empty. */
+    struct files_absent {
+        uint64_t hash, until_ns;
+    } absent[FILES_ABSENT_SLOTS];
 };
 
 /* files_answer's "not without the disk" (see files_scratch.cached_only): never an HTTP status. */

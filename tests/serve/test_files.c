@@ -405,6 +405,26 @@ Test(files_open, precompressed_siblings_by_accept_encoding)
     cr_assert_str_eq(r.content_type, "application/gzip");
 }
 
+/* A sibling found missing is not looked for again for FILES_ABSENT_NS (one second): one added
+ * meanwhile is served once that has passed; the missing one's lookup is not repeated before. */
+Test(files_open, a_missing_sibling_is_looked_for_again_after_a_second)
+{
+    struct http_response r;
+    struct files_body b;
+    struct http_request q = {.method = HTTP_GET, .target = "/late.css", .accept_encoding = "gzip"};
+
+    mk("root/late.css", "late!");
+    cr_assert_eq(answer_q(&q, &r, &b), 200);
+    cr_assert(b.len == 5 && !r.content_encoding && !r.vary_encoding);
+    mk("root/late.css.gz", "GZ");
+    cr_assert_eq(answer_q(&q, &r, &b), 200);
+    cr_assert(b.len == 5 && !r.content_encoding, "looked up again within the second");
+    usleep(FILES_ABSENT_NS / 1000 + 100000);
+    cr_assert_eq(answer_q(&q, &r, &b), 200);
+    cr_assert(b.len == 2 && r.vary_encoding && r.content_encoding, "the new sibling not served");
+    cr_assert_str_eq(r.content_encoding, "gzip");
+}
+
 /* cached_only: an answer that needs nothing from the disk is the same answer; a lookup that would
  * need it is not made (FILES_COLD, the path in `cold`, nothing left open), and once the path has
  * been looked up the ordinary way, the answer comes from the cache. Whether a lookup is cached is
