@@ -430,7 +430,8 @@ KTLA_API int ktla_conn_sendfile(struct ktla_conn *conn, int file_fd, uint64_t of
                                 ktla_io_cb cb, void *arg);
 
 /* The end of a connection shut down with ktla_conn_shutdown: result is 0 when the peer closed
- * its side within the linger time, after our close_notify and FIN; otherwise why the socket was
+ * its side (its close_notify read, or its FIN) within the linger time, after our close_notify
+ * and FIN; otherwise why the socket was
  * closed without that (-ETIMEDOUT: the linger time passed; KTLA_ELINGER: the peer kept sending;
  * -ECONNRESET, KTLA_EBADMAC...). conn may be read (ktla_conn_get_info) during the callback and is
  * freed when it returns: nothing of it is in flight any more. */
@@ -448,7 +449,8 @@ typedef void (*ktla_close_cb)(struct ktla_conn *conn, int result, void *arg);
  * application has not read yet): this is how a server avoids that, and what nginx's
  * lingering_close does. A peer that only half-closed (TLS 1.3 allows it: RFC 8446 section 6.1)
  * still receives everything already sent and then our close_notify: its FIN does not end the
- * wait for room to send that.
+ * wait for room to send that. A peer whose close_notify has been read sends nothing more: once
+ * ours is out the socket is closed at once, without waiting for its FIN.
  *
  * Call it when no send is in flight (a response is finished); a receive in flight is cancelled
  * (its callback never runs, and its buffer is not touched after this returns, as with

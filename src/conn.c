@@ -589,7 +589,10 @@ static void linger_step(struct ktla_conn *c)
      */
     if (ret == 1)
         c->linger_eof = true;
-    if (c->linger_eof && c->cn_sent)
+    /* After its close_notify the peer sends nothing more (RFC 8446 §6.1, RFC 5246 §7.2.1): with
+     * ours out too, both streams are complete and nothing left unread can make close() reset
+     * what is still on its way to the peer; its FIN, if still to come, needs no waiting for. */
+    if (c->cn_sent && (c->linger_eof || c->peer_closed))
         return linger_end(c, c->cn_error);
 
     uint64_t now = ktla_now_ns();

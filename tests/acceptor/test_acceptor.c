@@ -434,6 +434,39 @@ Test(acceptor, a_client_half_closing_right_after_its_finished_is_answered)
     }
 }
 
+/*
+ * A client's close_notify answered with ktla_conn_shutdown: ours goes out with our FIN, and with
+ * both streams complete the shutdown ends at once, though the client's FIN has not come (RFC 8446
+ * §6.1: nothing follows a close_notify). Holding the connection until that FIN or the 5 s linger
+ * cost two more operations per connection, and a descriptor for as long as the client waits.
+ */
+Test(acceptor, a_shutdown_after_the_clients_close_notify_does_not_wait_for_its_fin)
+{
+    int reason = expected_reason();
+    struct echo_opts o = {.tickets = -1, .shutdown_at_close_notify = true};
+    struct echo_server *s = echo_start(&o);
+    struct tc c;
+    struct tc_opts co = {.version = KTLA_TLS1_3, .cipher = -1};
+    struct echo_conn conns[2];
+    char buf[16], why[128];
+
+    cr_assert_eq(tc_connect(&c, echo_port(s), &co, NULL, 0), 0);
+    echo_round(&c, 3000, 4);
+    cr_assert_eq(tc_close_notify(&c), 0);
+    cr_assert_eq(tc_read_to_close_notify(&c, buf, sizeof(buf)), 0, "no close_notify back: %s",
+                 tc_end_text(&c, why, sizeof(why)));
+    cr_assert(echo_wait_ended(s, 1, 2000), "the shutdown waited for the client's FIN");
+    struct echo_conn *ec = last_conn(s, conns, 2);
+    cr_assert(ec->shut);
+    cr_assert_eq(ec->close_result, 0, "the shutdown ended with %s",
+                 ktla_err_name(ec->close_result));
+    check_modes(ec, reason);
+    char end;
+    cr_assert_eq(read(c.fd, &end, 1), 0, "no FIN after the close_notify");
+    tc_close(&c, false);
+    echo_stop(s);
+}
+
 Test(acceptor, a_shared_ring_routes_each_completion_to_its_owner)
 {
     int reason = expected_reason();

@@ -234,6 +234,13 @@ static void on_recv(struct ktla_conn *conn, ssize_t n, void *arg)
 {
     struct echo_state *st = arg;
     int ret;
+    if (n == 0 && st->srv->opts.shutdown_at_close_notify) {
+        /* Held in the live list until its callback: echo_stop must not close it meanwhile. */
+        ret = ktla_conn_shutdown(conn, 5000, on_shut, st);
+        if (ret < 0)
+            echo_end(conn, st, ret);
+        return;
+    }
     if (n <= 0)
         return echo_end(conn, st, n);
     if (st->srv->file_fd >= 0 && n >= 4 && memcmp(st->buf, "FILE", 4) == 0) {
@@ -682,11 +689,16 @@ SSL_SESSION *tc_session(struct tc *c)
     return s;
 }
 
-int tc_half_close(struct tc *c)
+int tc_close_notify(struct tc *c)
 {
     SSL_shutdown(c->ssl);
     ERR_clear_error();
-    if (flush_out(c) < 0)
+    return flush_out(c);
+}
+
+int tc_half_close(struct tc *c)
+{
+    if (tc_close_notify(c) < 0)
         return -1;
     return shutdown(c->fd, SHUT_WR);
 }

@@ -34,6 +34,9 @@ struct echo_opts {
     /* While a FILE is being sent, keep receiving (what comes is counted, not answered), as an
      * HTTP/2 server does: OpenSSL reads, and may write, while a send is in flight. */
     bool recv_during_file;
+    /* The client's close_notify is answered with ktla_conn_shutdown (linger 5 s), as ktla-serve
+     * does, rather than ktla_conn_close. */
+    bool shutdown_at_close_notify;
 };
 
 enum { ECHO_END_SHUTDOWN = 1, ECHO_END_CLOSE = 2 };
@@ -138,6 +141,8 @@ SSL_SESSION *tc_session(struct tc *c);
 void tc_close(struct tc *c, bool close_notify);
 /* close_notify and a TCP FIN, the socket staying open for reading. 0 or -1. */
 int tc_half_close(struct tc *c);
+/* close_notify alone: no FIN, the socket stays open both ways. 0 or -1. */
+int tc_close_notify(struct tc *c);
 /* Reads application data into buf until the server's close_notify (returns the bytes read), or
  * -1 on any other end (a reset, a FIN without close_notify, an error) or more than cap bytes. */
 ssize_t tc_read_to_close_notify(struct tc *c, void *buf, size_t cap);
