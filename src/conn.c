@@ -575,7 +575,10 @@ static void linger_step(struct ktla_conn *c)
         if (sent != 0) {
             c->cn_sent = true;
             c->cn_error = sent < 0 ? sent : 0;
-            shutdown(c->fd, SHUT_WR);
+            /* After the peer's close_notify the socket is closed next (below): close() sends
+             * the FIN itself. */
+            if (!c->peer_closed)
+                shutdown(c->fd, SHUT_WR);
         }
     }
     int ret = c->linger_eof ? 1 : linger_drop(c);
@@ -656,7 +659,10 @@ int ktla_conn_shutdown(struct ktla_conn *c, unsigned linger_ms, ktla_close_cb cb
     c->linger_deadline_ns = ktla_now_ns() + (uint64_t)linger_ms * 1000000u;
     c->linger_cap_ns = c->linger_deadline_ns + 9ull * linger_ms * 1000000u;
     c->linger_outq = INT_MAX;
-    ioctl(c->fd, SIOCOUTQ, &c->linger_outq); /* what is queued now: progress is less of it */
+    /* What is queued now: progress is less of it. (Not needed when the peer has closed: the
+     * socket is closed as soon as our close_notify is out.) */
+    if (!c->peer_closed)
+        ioctl(c->fd, SIOCOUTQ, &c->linger_outq);
     c->state = KTLA_CONN_LINGER;
     io_uring_prep_nop(sqe);
     conn_submit(c, sqe, &c->lop, KTLA_OP_LINGER);
