@@ -519,18 +519,7 @@ static int linger_close_notify(struct ktla_conn *c)
         SSL_shutdown(c->ssl); /* writes the alert into enc (the write BIO); 0 or 1 both do */
         ERR_clear_error();
     }
-    while (c->enc_off < c->enc_len) {
-        ssize_t n =
-            send(c->fd, c->enc + c->enc_off, c->enc_len - c->enc_off, MSG_DONTWAIT | MSG_NOSIGNAL);
-        if (n > 0) {
-            c->enc_off += (size_t)n;
-            continue;
-        }
-        if (n < 0 && errno == EINTR)
-            continue;
-        return n < 0 && errno == EAGAIN ? 0 : n < 0 ? -errno : 1;
-    }
-    return 1;
+    return uconn_send_now(c);
 }
 
 /* The socket closes now; the callback and the memory follow once nothing is in flight. */
@@ -721,9 +710,8 @@ void ktla_conn_close_then(struct ktla_conn *c, ktla_close_cb cb, void *arg)
             /* Behind a send still in flight the alert could only go after it: not sent. */
             bool in_flight = c->enc_sending;
             SSL_shutdown(c->ssl);
-            if (!in_flight && c->enc_off < c->enc_len)
-                (void)!send(c->fd, c->enc + c->enc_off, c->enc_len - c->enc_off,
-                            MSG_DONTWAIT | MSG_NOSIGNAL);
+            if (!in_flight)
+                (void)uconn_send_now(c);
             ERR_clear_error();
         }
     }

@@ -74,6 +74,9 @@ int uconn_encrypt(struct ktla_conn *c, const void *p, size_t n);
 /* The write BIO over c->enc replaces the handshake's memory BIO (tx in userspace). */
 int uconn_adopt(struct ktla_conn *c);
 bool uconn_submit_enc(struct ktla_conn *c);
+/* Sends what c->enc holds at once, without waiting (no send from it in flight): 1 when all of
+ * it is out, 0 when the socket has no room, or a negative errno. */
+int uconn_send_now(struct ktla_conn *c);
 void uconn_sent(struct ktla_conn *c, int res);
 /* Plaintext per step: a send of remaining bytes takes this many now. */
 size_t uconn_step(size_t remaining);

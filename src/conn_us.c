@@ -179,13 +179,23 @@ static void us_flush_alerts(struct ktla_conn *c)
 {
     if (c->sbusy || c->info.tx_mode != KTLA_MODE_USERSPACE)
         return;
+    (void)uconn_send_now(c); /* what is left goes before the next send's records */
+}
+
+int uconn_send_now(struct ktla_conn *c)
+{
     while (c->enc_off < c->enc_len) {
         ssize_t n =
             send(c->fd, c->enc + c->enc_off, c->enc_len - c->enc_off, MSG_DONTWAIT | MSG_NOSIGNAL);
-        if (n <= 0)
-            break; /* what is left goes before the next send's records */
-        c->enc_off += (size_t)n;
+        if (n > 0) {
+            c->enc_off += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        return n < 0 && errno == EAGAIN ? 0 : n < 0 ? -errno : 1;
     }
+    return 1;
 }
 
 /* Userspace mode: hands out what OpenSSL can decrypt, else asks the socket for ciphertext. */

@@ -254,20 +254,29 @@ Test(acceptor, tls12_resumed_handshake_with_a_pipelined_request)
 
 /* A file of len bytes (a pattern from seed), opened by a server with the given file path; the
  * file is unlinked at once (the server holds it open). */
-static struct echo_server *file_server(uint8_t *data, size_t len, enum ktla_file_path path,
-                                       size_t extra)
+/* An echo server with options o answering FILE with a file of len bytes (pattern `seed`, also
+ * put in data), which is unlinked once the server has it open. */
+static struct echo_server *server_with_file(uint8_t *data, size_t len, uint32_t seed,
+                                            struct echo_opts o)
 {
     char name[] = "/tmp/ktla-accept-file-XXXXXX";
     int fd = mkstemp(name);
 
     cr_assert(fd >= 0);
-    tu_pattern(data, len, 77);
+    tu_pattern(data, len, seed);
     cr_assert_eq(write(fd, data, len), (ssize_t)len);
     close(fd);
-    struct echo_opts o = {.tickets = -1, .file = name, .file_path = path, .file_extra = extra};
+    o.file = name;
     struct echo_server *s = echo_start(&o);
     unlink(name);
     return s;
+}
+
+static struct echo_server *file_server(uint8_t *data, size_t len, enum ktla_file_path path,
+                                       size_t extra)
+{
+    struct echo_opts o = {.tickets = -1, .file_path = path, .file_extra = extra};
+    return server_with_file(data, len, 77, o);
 }
 
 /* Asks for the file `times` times on one connection; each copy must arrive intact. With
@@ -700,16 +709,8 @@ typedef void (*tc_msg_cb)(int, int, int, const void *, size_t, SSL *, void *);
 static struct echo_server *stalled_send(uint8_t *data, size_t len, struct tc *c, tc_msg_cb cb,
                                         void *arg)
 {
-    char name[] = "/tmp/ktla-accept-file-XXXXXX";
-    int fd = mkstemp(name);
-    cr_assert(fd >= 0);
-    tu_pattern(data, len, 92);
-    cr_assert_eq(write(fd, data, len), (ssize_t)len);
-    close(fd);
-    struct echo_opts o = {
-        .tickets = -1, .file = name, .ktls = KTLA_KTLS_OFF, .recv_during_file = true};
-    struct echo_server *s = echo_start(&o);
-    unlink(name);
+    struct echo_opts o = {.tickets = -1, .ktls = KTLA_KTLS_OFF, .recv_during_file = true};
+    struct echo_server *s = server_with_file(data, len, 92, o);
     struct tc_opts co = {.version = KTLA_TLS1_3, .cipher = -1, .rcvbuf = 65536};
     cr_assert_eq(tc_connect(c, echo_port(s), &co, NULL, 0), 0);
     SSL_set_msg_callback(c->ssl, cb);
@@ -938,16 +939,8 @@ static void half_closed_client(struct tu_variant *v, enum ktla_file_path path)
     size_t len = 4 << 20;
     uint8_t *data = malloc(len), *in = malloc(len + 1);
     cr_assert(data && in);
-    char name[] = "/tmp/ktla-accept-shut-XXXXXX";
-    int fd = mkstemp(name);
-    cr_assert(fd >= 0);
-    tu_pattern(data, len, 91);
-    cr_assert_eq(write(fd, data, len), (ssize_t)len);
-    close(fd);
-    struct echo_opts o = {
-        .tickets = -1, .file = name, .file_path = path, .file_end = ECHO_END_SHUTDOWN};
-    struct echo_server *s = echo_start(&o);
-    unlink(name);
+    struct echo_opts o = {.tickets = -1, .file_path = path, .file_end = ECHO_END_SHUTDOWN};
+    struct echo_server *s = server_with_file(data, len, 91, o);
     struct tc c;
     struct tc_opts co = {.version = v->version, .cipher = (int)v->cipher};
     struct echo_conn conns[4];
