@@ -51,8 +51,15 @@ struct bench_config {
     const char *csv_out;
     const char *label;
     bool quiet; /* no progress line */
-    SSL_CTX *ssl_ctx;
 };
+
+/*
+ * The client SSL_CTX for `cfg`, made in library context `lib` (NULL: OpenSSL's default); NULL,
+ * said on stderr, if OpenSSL refuses the settings. Each load thread has a library context and an
+ * SSL_CTX of its own: OpenSSL 3.0 makes threads that share one take the same locks hundreds of
+ * times per handshake, and the load generator must not be what limits a many-core server.
+ */
+SSL_CTX *bench_client_ctx(const struct bench_config *cfg, OSSL_LIB_CTX *lib);
 
 /* What went wrong, counted by kind; each is one failed connection or request. */
 enum bench_err {

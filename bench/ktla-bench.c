@@ -306,11 +306,11 @@ static int parse_args(int argc, char **argv, struct bench_config *cfg)
     return 0;
 }
 
-static int setup_tls(struct bench_config *cfg)
+SSL_CTX *bench_client_ctx(const struct bench_config *cfg, OSSL_LIB_CTX *lib)
 {
-    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    SSL_CTX *ctx = SSL_CTX_new_ex(lib, NULL, TLS_client_method());
     if (!ctx)
-        return -1;
+        return NULL;
     /* A load generator measures the server, not certificate checking: the peer is not verified. */
     SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
     if (cfg->tls_version) {
@@ -330,12 +330,11 @@ static int setup_tls(struct bench_config *cfg)
     if (cfg->mode == MODE_IDLE)
         SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS); /* thousands of idle clients */
     loadgen_setup_ctx(ctx);
-    cfg->ssl_ctx = ctx;
-    return 0;
+    return ctx;
 
 free_ctx:
     SSL_CTX_free(ctx);
-    return -1;
+    return NULL;
 }
 
 /* Every connection is a socket: raise the soft limit to the hard one, and say so if even that is
@@ -490,8 +489,10 @@ int main(int argc, char **argv)
         return ret;
     if (raise_nofile(cfg.connections + 64) < 0)
         return 1;
-    if (setup_tls(&cfg) < 0)
+    SSL_CTX *check = bench_client_ctx(&cfg, NULL); /* the settings, said once, before threads */
+    if (!check)
         return 1;
+    SSL_CTX_free(check);
     if (cfg.server_pid && !server_sample(cfg.server_pid).ok) {
         fprintf(stderr, "ktla-bench: no process %d to measure (--server-pid)\n", cfg.server_pid);
         return 1;
@@ -532,7 +533,6 @@ int main(int argc, char **argv)
     free(workers);
 
     ret = report(&cfg, &sh, &r, cfg.json_out && !strcmp(cfg.json_out, "-") ? stderr : stdout);
-    SSL_CTX_free(cfg.ssl_ctx);
     uint64_t errors = 0;
     for (int k = 0; k < ERR_KINDS; k++)
         errors += r.counts.errors[k];

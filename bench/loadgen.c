@@ -14,6 +14,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <openssl/err.h>
+#include <openssl/provider.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -75,6 +76,9 @@ struct worker {
     bool stopping;
     unsigned live; /* connections not C_FREE */
     SSL_SESSION *ticket;
+    OSSL_LIB_CTX *lib; /* the thread's own (see bench_client_ctx) */
+    OSSL_PROVIDER *prov;
+    SSL_CTX *ssl_ctx;
     char req[16384];
     size_t reqlen;
     struct bench_counts counts;
@@ -241,7 +245,7 @@ static void on_connected(struct conn *c)
 {
     struct worker *w = c->w;
     c->state = C_HANDSHAKE;
-    c->ssl = SSL_new(w->cfg->ssl_ctx);
+    c->ssl = SSL_new(w->ssl_ctx);
     c->rbio = BIO_new(BIO_s_mem());
     c->wbio = BIO_new(BIO_s_mem());
     if (!c->ssl || !c->rbio || !c->wbio) {
@@ -625,6 +629,25 @@ void loadgen_setup_ctx(SSL_CTX *ctx)
     SSL_CTX_sess_set_new_cb(ctx, on_new_session);
 }
 
+/*
+ * After the thread ended (its exit ran OpenSSL's thread-exit handlers for the context) or before
+ * it began. This thread drew random numbers from the context when it made the SSL_CTX: its own
+ * state there goes first, or OpenSSL 3.0 would use the freed context when this thread ends.
+ */
+static void free_lib(struct worker *w)
+{
+    SSL_CTX_free(w->ssl_ctx);
+    w->ssl_ctx = NULL;
+    if (w->prov)
+        OSSL_PROVIDER_unload(w->prov);
+    w->prov = NULL;
+    if (w->lib) {
+        OPENSSL_thread_stop_ex(w->lib);
+        OSSL_LIB_CTX_free(w->lib);
+        w->lib = NULL;
+    }
+}
+
 int worker_start(struct bench_shared *sh, unsigned id, unsigned nconns, unsigned max_connecting,
                  struct worker **out)
 {
@@ -659,9 +682,14 @@ int worker_start(struct bench_shared *sh, unsigned id, unsigned nconns, unsigned
     struct io_uring_params p = {.flags = IORING_SETUP_CQSIZE};
     p.cq_entries = 4 * nconns + 64;
     unsigned entries = 2 * nconns + 16 < 4096 ? 2 * nconns + 16 : 4096;
-    int ret = io_uring_queue_init_params(entries, &w->ring, &p);
+    int ret = -ENOMEM;
+    w->lib = OSSL_LIB_CTX_new();
+    if (!w->lib || !(w->prov = OSSL_PROVIDER_load(w->lib, "default")) ||
+        !(w->ssl_ctx = bench_client_ctx(cfg, w->lib)))
+        goto free_lib;
+    ret = io_uring_queue_init_params(entries, &w->ring, &p);
     if (ret < 0)
-        goto free_conns;
+        goto free_lib;
     ret = -pthread_create(&w->thread, NULL, worker_main, w);
     if (ret < 0)
         goto exit_ring;
@@ -670,7 +698,8 @@ int worker_start(struct bench_shared *sh, unsigned id, unsigned nconns, unsigned
 
 exit_ring:
     io_uring_queue_exit(&w->ring);
-free_conns:
+free_lib:
+    free_lib(w);
     free(w->conns);
     free(w);
     return ret;
@@ -689,6 +718,7 @@ void worker_join(struct worker *w, struct bench_counts *total)
     for (unsigned i = 0; i < w->nconns; i++)
         free(w->conns[i].sbuf);
     SSL_SESSION_free(w->ticket);
+    free_lib(w);
     io_uring_queue_exit(&w->ring);
     free(w->conns);
     free(w);

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Many-core comparison (issue 15): full and resumed TLS 1.3 handshakes (X25519, AES-128-GCM,
 # 1 KiB GET each) against ktla-serve and nginx with 1, 2, 4 and 8 workers, on a machine with at
-# least 16 CPUs. The server runs on CPUs 0..N-1, ktla-bench on all the others (the more client
+# least 16 CPUs. ktla-serve runs twice from 2 workers on: with an OpenSSL library context per
+# worker (its default, "ktla") and with OpenSSL's default one shared ("ktla-shared"), which is
+# what shows whether OpenSSL 3.0's locks hold threads back (bench/locks.sh counts them). The server runs on CPUs 0..N-1, ktla-bench on all the others (the more client
 # cores, the likelier the server is the bottleneck); runs alternate between the servers, each a
 # freshly started server. Userspace TLS is enough here: the handshake is the same either way.
 #
@@ -85,12 +87,13 @@ EOF
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
 server_pid=
 start() { # SIDE N
-    local cpus="0-$(($2 - 1))"
-    if [ "$1" = ktla ]; then
+    local cpus="0-$(($2 - 1))" ctx=worker
+    [ "$1" = ktla-shared ] && ctx=shared
+    if [ "$1" != nginx ]; then
         taskset -c "$cpus" "$ld" --library-path "$pack/lib" "$pack/bin/ktla-serve" \
             --listen "127.0.0.1:$port" --cert "$pack/cert.pem" --key "$pack/key.pem" \
-            --workers "$2" --max-connections 65536 --tickets "$pack/tickets.key" "$pack/www" \
-            >"$work/server.log" 2>&1 &
+            --workers "$2" --max-connections 65536 --tickets "$pack/tickets.key" \
+            --openssl-context $ctx "$pack/www" >"$work/server.log" 2>&1 &
     else
         nginx_conf "$2"
         taskset -c "$cpus" "$ld" --library-path "$pack/lib" "$pack/bin/nginx" -p "$work/nginx" \
@@ -125,7 +128,9 @@ for mode in full resumed; do
         threads=$((ncpu - n))
         conns=$((threads * 8))
         for i in $(seq "$r"); do
-            for side in ktla nginx; do
+            for side in ktla ktla-shared nginx; do
+                # One worker has no other to share OpenSSL's library context with.
+                [ $side = ktla-shared ] && [ "$n" = 1 ] && continue
                 start $side "$n" || continue
                 args=(-m handshake -c "$conns" -t "$threads")
                 [ $mode = resumed ] && args+=(--resume)

@@ -31,6 +31,8 @@
 
 /* The fallback to userspace is said once per process, not once per connection or worker. */
 static atomic_bool fallback_logged;
+/* So is sharing OpenSSL's default library context for want of one's own. */
+static atomic_bool shared_openssl_logged;
 
 static void arm_accept(struct ktla_acceptor *acc);
 static void hs_progress(struct ktla_conn *c);
@@ -375,7 +377,16 @@ static void hs_start(struct ktla_acceptor *acc, int fd)
     c->hs = calloc(1, sizeof(*c->hs));
     if (!c->hs)
         goto err_free_conn;
-    sctx = ktla_ctx_ssl_ctx(acc->cfg.ctx);
+    if (acc->tls) {
+        bool failed;
+        sctx = ktla_tls_local_ssl_ctx(acc->tls, acc->cfg.ctx, &failed);
+        if (failed)
+            ktla_acceptor_log(acc, "ktla: the reloaded certificates could not be set up in this "
+                                   "acceptor's OpenSSL library context; its handshakes use the "
+                                   "shared one until the next reload");
+    } else {
+        sctx = ktla_ctx_ssl_ctx(acc->cfg.ctx);
+    }
     if (!sctx || ktla_hs_init(c->hs, sctx) < 0)
         goto err_free_hs;
     SSL_CTX_free(sctx); /* the SSL holds its own reference */
@@ -598,6 +609,35 @@ void ktla_acceptor_complete(struct ktla_op *op, struct io_uring_cqe *cqe)
     }
 }
 
+/* ---- OpenSSL's library context */
+
+static int use_own_openssl_context(struct ktla_acceptor *acc)
+{
+    const char *why;
+    int ret = ktla_tls_local_new(acc->cfg.ctx, &acc->tls, &why);
+
+    if (ret < 0 && !atomic_exchange(&shared_openssl_logged, true))
+        ktla_acceptor_log(acc,
+                          "ktla: %s: acceptors share OpenSSL's default library context "
+                          "(threads then contend on its locks)",
+                          why);
+    return ret;
+}
+
+int ktla_acceptor_set_openssl_context(struct ktla_acceptor *acc, enum ktla_openssl_context which)
+{
+    if (!acc || (which != KTLA_OPENSSL_OWN && which != KTLA_OPENSSL_SHARED))
+        return KTLA_EINVAL;
+    if (acc->stats.accepted) /* handshakes already run in the other one */
+        return KTLA_EINVAL;
+    if (which == KTLA_OPENSSL_SHARED) {
+        ktla_tls_local_unref(acc->tls);
+        acc->tls = NULL;
+        return 0;
+    }
+    return acc->tls ? 0 : use_own_openssl_context(acc);
+}
+
 /* ---- public */
 
 int ktla_acceptor_new(const struct ktla_acceptor_config *cfg, struct ktla_acceptor **out)
@@ -632,6 +672,7 @@ int ktla_acceptor_new(const struct ktla_acceptor_config *cfg, struct ktla_accept
     acc->retry_op = (struct ktla_op){.kind = KTLA_OP_ACCEPT_RETRY, .acc = acc};
     acc->nop_op = (struct ktla_op){.kind = KTLA_OP_NOP, .acc = acc};
     ktla_ctx_ref(cfg->ctx);
+    use_own_openssl_context(acc);
     arm_accept(acc);
     *out = acc;
     return 0;
@@ -679,6 +720,7 @@ static void maybe_free_acceptor(struct ktla_acceptor *acc)
     /* The application's ring: the last completion frees us. */
     if (acc->done_cb)
         acc->done_cb(acc->done_arg);
+    ktla_tls_local_unref(acc->tls); /* live connections hold their own references */
     ktla_ctx_free(acc->cfg.ctx);
     free(acc->plain_reply);
     free(acc);
@@ -762,6 +804,7 @@ void ktla_acceptor_free_then(struct ktla_acceptor *acc, ktla_done_cb cb, void *a
     io_uring_queue_exit(&acc->own_ring);
     if (cb)
         cb(arg);
+    ktla_tls_local_unref(acc->tls); /* live connections hold their own references */
     ktla_ctx_free(acc->cfg.ctx);
     free(acc->plain_reply);
     free(acc);

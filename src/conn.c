@@ -18,6 +18,7 @@
 #include <openssl/err.h>
 
 #include "conn.h"
+#include "context.h"
 #include "ktls.h"
 
 #define LINGER_DROP_MAX (256u << 10) /* input dropped while shutting down before cutting it */
@@ -47,7 +48,7 @@ void ktla_conn_destroy(struct ktla_conn *c)
         free(c->hs);
     }
     if (c->ssl)
-        SSL_free(c->ssl);
+        ktla_ssl_free(c->ssl);
     if (c->early)
         OPENSSL_clear_free(c->early, c->early_len);
     free(c->raw); /* ciphertext only: nothing to wipe */

@@ -12,6 +12,7 @@
 #include <openssl/err.h>
 
 #include "conn.h"
+#include "context.h"
 
 #define RAW_CAP (KTLA_RECORD_MAX) /* userspace receive buffer: one whole record */
 
@@ -115,7 +116,7 @@ __attribute__((destructor)) static void out_method_free(void)
 int uconn_adopt(struct ktla_conn *c)
 {
     pthread_once(&out_once, out_method_make);
-    BIO *b = out_method ? BIO_new(out_method) : NULL;
+    BIO *b = out_method ? BIO_new_ex(ktla_ssl_libctx(c->ssl), out_method) : NULL;
     if (!b)
         return -ENOMEM;
     BIO_set_data(b, c);
@@ -286,7 +287,7 @@ void uconn_trim(struct ktla_conn *c)
     c->chunk = NULL;
     c->chunk_cap = 0;
     if (BIO_ctrl_pending(SSL_get_rbio(c->ssl)) == 0) {
-        BIO *r = BIO_new(BIO_s_mem());
+        BIO *r = BIO_new_ex(ktla_ssl_libctx(c->ssl), BIO_s_mem());
         if (r) {
             BIO_set_mem_eof_return(r, -1); /* empty means "more later", as in the handshake */
             SSL_set0_rbio(c->ssl, r);      /* frees the old one */
@@ -295,7 +296,7 @@ void uconn_trim(struct ktla_conn *c)
     /* With the transmit side in the kernel what OpenSSL writes is never sent (us_flush_alerts):
      * its memory BIO is dropped with whatever it kept. */
     if (c->info.tx_mode != KTLA_MODE_USERSPACE) {
-        BIO *w = BIO_new(BIO_s_mem());
+        BIO *w = BIO_new_ex(ktla_ssl_libctx(c->ssl), BIO_s_mem());
         if (w)
             SSL_set0_wbio(c->ssl, w);
     }

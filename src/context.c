@@ -10,6 +10,17 @@
  *   the ticket key set), so all of them, across reloads, seal and open tickets with one key set;
  * - a default SSL_CTX owns the `struct sni_set` of the SNI SSL_CTXs built with it, so a handshake
  *   that began before a reload still switches among the certificates of its own generation.
+ *
+ * OpenSSL library contexts. OpenSSL 3.0 takes a read lock of the library context (its method
+ * store, its name map) for every algorithm it looks up, several hundred times per handshake, so
+ * threads whose handshakes share one context all write the same few cache lines. Each acceptor
+ * therefore builds SSL_CTXs of its own, in an OSSL_LIB_CTX of its own (`struct ktla_tls_local`),
+ * from the PEM text the ktla_ctx keeps for every certificate generation (`struct material`): the
+ * same certificates and settings, and the same ticket keys through the shared `struct common`.
+ * The shared SSL_CTXs, in OpenSSL's default library context, remain for ktla_ctx_ssl_ctx() and
+ * for acceptors that share (ktla_acceptor_set_openssl_context, or a default context set up in a
+ * way that cannot be copied). A local context must outlive every SSL made in it, so each SSL
+ * holds a reference on its local (ktla_ssl_new, ktla_ssl_free), as the acceptor does.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -27,6 +38,7 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/provider.h>
 #include <openssl/rand.h>
 #include <openssl/x509v3.h>
 
@@ -83,6 +95,7 @@ struct common {
      */
     pthread_mutex_t keys_lock;
     struct ticket_keys *keys;
+    atomic_ulong keys_gen; /* changes with keys; the local copies compare it, lock-free */
 };
 
 /* The SSL_CTXs of one certificate generation, in configuration order. */
@@ -91,14 +104,61 @@ struct sni_set {
     SSL_CTX *ssl_ctx[]; /* [0] is the default, which owns this set, so holds no reference */
 };
 
+/*
+ * What one certificate generation was built from: each certificate's chain and key as PEM text
+ * (files are read once, when the generation is made, so every local context built from it later
+ * has the very same certificates), and whether the kernel needs the TLS 1.3 secrets.
+ */
+struct pem_pair {
+    char *cert, *key;
+    size_t key_size; /* of the allocation, for wiping */
+};
+struct material {
+    atomic_int refs;
+    bool capture_secrets;
+    size_t n;
+    struct pem_pair pem[];
+};
+
 struct ktla_ctx {
     atomic_int refs;
     struct common *common;
     pthread_mutex_t lock;
-    SSL_CTX *current; /* guarded by lock: the default SSL_CTX of the newest generation */
+    SSL_CTX *current;          /* guarded by lock: the default SSL_CTX of the newest generation */
+    struct material *material; /* guarded by lock: what `current` was built from */
+    atomic_ulong gen;          /* the generation's number: read by the locals without the lock */
 };
 
-static int common_idx = -1, sni_idx = -1;
+/*
+ * A library context of ktla's own, with its providers. Never freed: OpenSSL 3.0 leaves, in every
+ * thread that drew random numbers from a library context, a thread-exit handler that uses that
+ * context (it frees the thread's generators), and frees the context without removing them, so a
+ * context freed while such a thread lives would be used after its free when the thread ends.
+ * One that no acceptor uses any more waits in a pool for the next acceptor instead.
+ */
+struct lib_slot {
+    OSSL_LIB_CTX *lib;
+    OSSL_PROVIDER *prov[2];
+    EVP_CIPHER *aes_cbc;   /* fetched in lib, for the ticket callback */
+    struct lib_slot *next; /* in the pool */
+};
+
+/* An acceptor's own library context and the SSL_CTXs it built in it (see the top of the file). */
+struct ktla_tls_local {
+    atomic_int refs; /* the acceptor's, and one per SSL made from these SSL_CTXs */
+    struct lib_slot *slot;
+    OSSL_LIB_CTX *lib; /* slot->lib */
+    SSL_CTX *current;  /* the default SSL_CTX of the generation `gen`, or NULL */
+    unsigned long gen, failed_gen;
+    struct common *common; /* a reference */
+    /* Ticket keys copied from common when its keys_gen moves. Only the acceptor's thread runs
+     * handshakes, so this lock is never contended; it guards against an SSL used elsewhere. */
+    pthread_mutex_t keys_lock;
+    unsigned long keys_gen;
+    struct ticket_keys *keys;
+};
+
+static int common_idx = -1, sni_idx = -1, local_idx = -1;
 static pthread_once_t ex_once = PTHREAD_ONCE_INIT;
 
 static void ticket_keys_free(struct ticket_keys *k)
@@ -144,6 +204,8 @@ static void ex_indices_init(void)
 {
     common_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, common_ex_free);
     sni_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, sni_ex_free);
+    /* No free callback: the local owns its SSL_CTXs, not the other way round. */
+    local_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
 }
 
 /* Key files and PEM keys must never make OpenSSL prompt on the terminal for a passphrase. */
@@ -234,8 +296,35 @@ static void common_set_keys(struct common *c, struct ticket_keys *keys)
     pthread_mutex_lock(&c->keys_lock);
     old = c->keys;
     c->keys = keys;
+    atomic_fetch_add_explicit(&c->keys_gen, 1, memory_order_release);
     pthread_mutex_unlock(&c->keys_lock);
     ticket_keys_free(old);
+}
+
+/* A copy of the shared key set, made when the set changed since the last copy; NULL if none. */
+static const struct ticket_keys *local_keys(struct ktla_tls_local *l)
+{
+    struct common *c = l->common;
+    unsigned long gen = atomic_load_explicit(&c->keys_gen, memory_order_acquire);
+    struct ticket_keys *copy;
+    size_t size;
+
+    if (l->keys && l->keys_gen == gen)
+        return l->keys;
+    pthread_mutex_lock(&c->keys_lock);
+    size = sizeof(*copy) + c->keys->n * sizeof(c->keys->key[0]);
+    copy = malloc(size);
+    if (copy) {
+        memcpy(copy, c->keys, size);
+        gen = atomic_load_explicit(&c->keys_gen, memory_order_relaxed);
+    }
+    pthread_mutex_unlock(&c->keys_lock);
+    if (!copy)
+        return l->keys; /* the older set, if any, still seals and opens */
+    ticket_keys_free(l->keys);
+    l->keys = copy;
+    l->keys_gen = gen;
+    return copy;
 }
 
 /*
@@ -247,36 +336,47 @@ static void common_set_keys(struct common *c, struct ticket_keys *keys)
 static int ticket_key_cb(SSL *ssl, unsigned char name[16], unsigned char iv[EVP_MAX_IV_LENGTH],
                          EVP_CIPHER_CTX *cipher, EVP_MAC_CTX *mac, int enc)
 {
-    struct common *c = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), common_idx);
+    SSL_CTX *sc = SSL_get_SSL_CTX(ssl);
+    struct common *c = SSL_CTX_get_ex_data(sc, common_idx);
+    struct ktla_tls_local *l = SSL_CTX_get_ex_data(sc, local_idx);
+    const struct ticket_keys *keys;
     struct ticket_key key;
     size_t i;
-    int ret;
+    int ret = 1;
 
     if (!c)
         return -1;
+    if (enc && RAND_bytes_ex(l ? l->lib : NULL, iv, EVP_CIPHER_get_iv_length(c->aes_cbc), 0) != 1)
+        return -1;
+    /* A local copies the key it needs under its own lock; a shared SSL_CTX under the common one. */
+    pthread_mutex_t *lock = l ? &l->keys_lock : &c->keys_lock;
+    pthread_mutex_lock(lock);
+    keys = l ? local_keys(l) : c->keys;
+    if (!keys) {
+        pthread_mutex_unlock(lock);
+        return -1;
+    }
     if (enc) {
-        if (RAND_bytes(iv, EVP_CIPHER_get_iv_length(c->aes_cbc)) != 1)
-            return -1;
-        pthread_mutex_lock(&c->keys_lock);
-        key = c->keys->key[0];
-        pthread_mutex_unlock(&c->keys_lock);
-        memcpy(name, key.name, sizeof(key.name));
-        ret = 1;
+        key = keys->key[0];
     } else {
-        pthread_mutex_lock(&c->keys_lock);
-        for (i = 0; i < c->keys->n; i++)
-            if (CRYPTO_memcmp(name, c->keys->key[i].name, sizeof(key.name)) == 0)
+        for (i = 0; i < keys->n; i++)
+            if (CRYPTO_memcmp(name, keys->key[i].name, sizeof(key.name)) == 0)
                 break;
-        if (i < c->keys->n)
-            key = c->keys->key[i];
-        pthread_mutex_unlock(&c->keys_lock);
-        if (i == c->keys->n)
-            return 0;
+        if (i < keys->n)
+            key = keys->key[i];
+        else
+            ret = 0;
         /* Renew under the first key when an older one opened the ticket, and always in TLS 1.3:
          * its clients use a ticket once (RFC 8446 C.4), and without renewal OpenSSL sends no
          * ticket after a resumed handshake, so every other connection would be a full one. */
-        ret = i == 0 && SSL_version(ssl) != TLS1_3_VERSION ? 1 : 2;
+        if (ret)
+            ret = i == 0 && SSL_version(ssl) != TLS1_3_VERSION ? 1 : 2;
     }
+    pthread_mutex_unlock(lock);
+    if (ret == 0)
+        return 0;
+    if (enc)
+        memcpy(name, key.name, sizeof(key.name));
 
     OSSL_PARAM params[] = {
         OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, key.hmac, sizeof(key.hmac)),
@@ -284,7 +384,7 @@ static int ticket_key_cb(SSL *ssl, unsigned char name[16], unsigned char iv[EVP_
         OSSL_PARAM_construct_end(),
     };
     if (EVP_MAC_CTX_set_params(mac, params) != 1 ||
-        EVP_CipherInit_ex2(cipher, c->aes_cbc, key.aes, iv, enc, NULL) != 1)
+        EVP_CipherInit_ex2(cipher, l ? l->slot->aes_cbc : c->aes_cbc, key.aes, iv, enc, NULL) != 1)
         ret = -1;
     OPENSSL_cleanse(&key, sizeof(key));
     return ret;
@@ -380,23 +480,144 @@ static int alpn_wire(const char *const *alpn, size_t nalpn, unsigned char **out,
  * Certificates and SSL_CTXs
  */
 
-/* The chain from PEM text, leaf first; the loop ends at the first thing that is no certificate. */
-static int use_chain_pem(SSL_CTX *sc, const char *pem)
+/*
+ * A whole PEM file, NUL-terminated. Certificate and key files are small; anything over 16 MiB is
+ * not one. `size` is the allocation's, for wiping a key.
+ */
+#define PEM_FILE_MAX (16u << 20)
+static int read_pem_file(const char *path, char **out, size_t *size)
+{
+    char *buf = NULL, *bigger;
+    size_t len = 0, cap = 0;
+    ssize_t n;
+    int fd = open(path, O_RDONLY | O_CLOEXEC), ret = KTLA_ECERT;
+
+    if (fd < 0)
+        return KTLA_ECERT;
+    for (;;) {
+        if (cap - len < 2) {
+            if (cap >= PEM_FILE_MAX)
+                goto free_buf;
+            size_t ncap = cap ? cap * 2 : 8192;
+            bigger = malloc(ncap);
+            if (!bigger) {
+                ret = -ENOMEM;
+                goto free_buf;
+            }
+            if (buf) {
+                memcpy(bigger, buf, len);
+                OPENSSL_clear_free(buf, cap);
+            }
+            buf = bigger;
+            cap = ncap;
+        }
+        n = read(fd, buf + len, cap - len - 1);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            goto free_buf;
+        if (n == 0)
+            break;
+        len += (size_t)n;
+    }
+    close(fd);
+    buf[len] = '\0';
+    *out = buf;
+    *size = cap;
+    return 0;
+
+free_buf:
+    if (buf)
+        OPENSSL_clear_free(buf, cap);
+    close(fd);
+    return ret;
+}
+
+static void material_unref(struct material *m)
+{
+    if (!m || atomic_fetch_sub_explicit(&m->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    for (size_t i = 0; i < m->n; i++) {
+        free(m->pem[i].cert);
+        if (m->pem[i].key)
+            OPENSSL_clear_free(m->pem[i].key, m->pem[i].key_size);
+    }
+    free(m);
+}
+
+static int dup_text(const char *text, char **out, size_t *size)
+{
+    size_t n = strlen(text) + 1;
+
+    *out = malloc(n);
+    if (!*out)
+        return -ENOMEM;
+    memcpy(*out, text, n);
+    *size = n;
+    return 0;
+}
+
+/* The PEM text of every certificate and key of a generation, from files or from the config. */
+static int material_new(const struct ktla_cert_config *certs, size_t ncerts, bool capture,
+                        struct material **out)
+{
+    struct material *m;
+    size_t ignored;
+    int ret = 0;
+
+    if (!certs || ncerts == 0)
+        return KTLA_EINVAL;
+    for (size_t i = 0; i < ncerts; i++)
+        if ((!certs[i].cert_file && !certs[i].cert_pem) ||
+            (!certs[i].key_file && !certs[i].key_pem))
+            return KTLA_EINVAL;
+    m = calloc(1, sizeof(*m) + ncerts * sizeof(m->pem[0]));
+    if (!m)
+        return -ENOMEM;
+    atomic_init(&m->refs, 1);
+    m->capture_secrets = capture;
+    for (size_t i = 0; i < ncerts && ret == 0; i++, m->n++) {
+        const struct ktla_cert_config *cc = &certs[i];
+        struct pem_pair *pp = &m->pem[i];
+        ret = cc->cert_file ? read_pem_file(cc->cert_file, &pp->cert, &ignored)
+                            : dup_text(cc->cert_pem, &pp->cert, &ignored);
+        if (ret == 0)
+            ret = cc->key_file ? read_pem_file(cc->key_file, &pp->key, &pp->key_size)
+                               : dup_text(cc->key_pem, &pp->key, &pp->key_size);
+    }
+    if (ret < 0) {
+        material_unref(m);
+        return ret;
+    }
+    *out = m;
+    return 0;
+}
+
+/*
+ * The chain from PEM text, leaf first, parsed in `lib`; the loop ends at the first thing that is
+ * no certificate. Each X509 is made in `lib` before it is read into, as OpenSSL 3 asks.
+ */
+static int use_chain_pem(SSL_CTX *sc, OSSL_LIB_CTX *lib, const char *pem)
 {
     BIO *bio = BIO_new_mem_buf(pem, -1);
-    X509 *x;
+    X509 *x = NULL;
     unsigned long err;
     int ret = KTLA_ECERT;
 
     if (!bio)
         return -ENOMEM;
-    x = PEM_read_bio_X509_AUX(bio, NULL, no_password, NULL);
-    if (!x)
-        goto free_bio;
+    x = X509_new_ex(lib, NULL);
+    if (!x || !PEM_read_bio_X509_AUX(bio, &x, no_password, NULL))
+        goto free_x509;
     if (SSL_CTX_use_certificate(sc, x) != 1)
         goto free_x509;
     X509_free(x);
-    while ((x = PEM_read_bio_X509(bio, NULL, no_password, NULL)) != NULL) {
+    for (;;) {
+        x = X509_new_ex(lib, NULL);
+        if (!x)
+            goto free_bio;
+        if (!PEM_read_bio_X509(bio, &x, no_password, NULL))
+            break;
         if (SSL_CTX_add0_chain_cert(sc, x) != 1)
             goto free_x509;
     }
@@ -406,16 +627,15 @@ static int use_chain_pem(SSL_CTX *sc, const char *pem)
         ERR_clear_error();
         ret = 0;
     }
-    goto free_bio;
 
 free_x509:
-    X509_free(x);
+    X509_free(x); /* NULL where a failed read freed it */
 free_bio:
     BIO_free(bio);
     return ret;
 }
 
-static int use_key_pem(SSL_CTX *sc, const char *pem)
+static int use_key_pem(SSL_CTX *sc, OSSL_LIB_CTX *lib, const char *pem)
 {
     BIO *bio = BIO_new_mem_buf(pem, -1);
     EVP_PKEY *key;
@@ -423,7 +643,7 @@ static int use_key_pem(SSL_CTX *sc, const char *pem)
 
     if (!bio)
         return -ENOMEM;
-    key = PEM_read_bio_PrivateKey(bio, NULL, no_password, NULL);
+    key = PEM_read_bio_PrivateKey_ex(bio, NULL, no_password, NULL, lib, NULL);
     if (!key)
         goto free_bio;
     if (SSL_CTX_use_PrivateKey(sc, key) == 1)
@@ -434,20 +654,13 @@ free_bio:
     return ret;
 }
 
-static int use_certificate(SSL_CTX *sc, const struct ktla_cert_config *cc)
+static int use_certificate(SSL_CTX *sc, OSSL_LIB_CTX *lib, const struct pem_pair *pp)
 {
-    int ret;
+    int ret = use_chain_pem(sc, lib, pp->cert);
 
-    if (cc->cert_file)
-        ret = SSL_CTX_use_certificate_chain_file(sc, cc->cert_file) == 1 ? 0 : KTLA_ECERT;
-    else
-        ret = use_chain_pem(sc, cc->cert_pem);
     if (ret < 0)
         return ret;
-    if (cc->key_file)
-        ret = SSL_CTX_use_PrivateKey_file(sc, cc->key_file, SSL_FILETYPE_PEM) == 1 ? 0 : KTLA_ECERT;
-    else
-        ret = use_key_pem(sc, cc->key_pem);
+    ret = use_key_pem(sc, lib, pp->key);
     if (ret < 0)
         return ret;
     return SSL_CTX_check_private_key(sc) == 1 ? 0 : KTLA_ECERT;
@@ -475,20 +688,19 @@ static bool kernel_has_no_tls(void)
 }
 
 /*
- * One server SSL_CTX with the context's settings and one certificate; `capture_secrets`: keep the
- * TLS 1.3 traffic secrets for the kernel (ktla_keys_init_ctx).
+ * One server SSL_CTX with the context's settings and one certificate, in library context `lib`
+ * (NULL: OpenSSL's default) for `local` (NULL: shared); `capture_secrets`: keep the TLS 1.3
+ * traffic secrets for the kernel (ktla_keys_init_ctx).
  */
-static int ssl_ctx_new(struct common *c, const struct ktla_cert_config *cc, bool capture_secrets,
-                       SSL_CTX **out)
+static int ssl_ctx_new(struct common *c, OSSL_LIB_CTX *lib, struct ktla_tls_local *local,
+                       const struct pem_pair *pp, bool capture_secrets, SSL_CTX **out)
 {
     SSL_CTX *sc;
     uint64_t options = SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
                        SSL_OP_CIPHER_SERVER_PREFERENCE | (c->no_tickets ? SSL_OP_NO_TICKET : 0);
     int ret = -ENOMEM;
 
-    if ((!cc->cert_file && !cc->cert_pem) || (!cc->key_file && !cc->key_pem))
-        return KTLA_EINVAL;
-    sc = SSL_CTX_new(TLS_server_method());
+    sc = SSL_CTX_new_ex(lib, NULL, TLS_server_method());
     if (!sc)
         return -ENOMEM;
     /* This SSL_CTX's reference: once in its ex_data, SSL_CTX_free drops it (common_ex_free). */
@@ -497,6 +709,8 @@ static int ssl_ctx_new(struct common *c, const struct ktla_cert_config *cc, bool
         common_unref(c);
         goto free_ssl_ctx;
     }
+    if (local && SSL_CTX_set_ex_data(sc, local_idx, local) != 1)
+        goto free_ssl_ctx;
     /* The lists are constants OpenSSL knows, so only allocation can make these fail. */
     if (SSL_CTX_set_min_proto_version(sc, c->min_version) != 1 ||
         SSL_CTX_set_max_proto_version(sc, c->max_version) != 1 ||
@@ -517,7 +731,7 @@ static int ssl_ctx_new(struct common *c, const struct ktla_cert_config *cc, bool
     if (c->alpn)
         SSL_CTX_set_alpn_select_cb(sc, select_alpn, c);
     SSL_CTX_set_default_passwd_cb(sc, no_password);
-    ret = use_certificate(sc, cc);
+    ret = use_certificate(sc, lib, pp);
     if (ret < 0)
         goto free_ssl_ctx;
     *out = sc;
@@ -528,28 +742,20 @@ free_ssl_ctx:
     return ret;
 }
 
-/*
- * One certificate generation: the default SSL_CTX, owning the SNI ones when there are any. The
- * kernel is asked again for each generation, so a reload (SIGHUP in ktla-serve) notices a TLS
- * module loaded since the last one.
- */
-static int ssl_ctxs_new(struct common *c, const struct ktla_cert_config *certs, size_t ncerts,
-                        SSL_CTX **out)
+/* One certificate generation: the default SSL_CTX, owning the SNI ones when there are any. */
+static int ssl_ctxs_new(struct common *c, OSSL_LIB_CTX *lib, struct ktla_tls_local *local,
+                        const struct material *m, SSL_CTX **out)
 {
     struct sni_set *set;
     SSL_CTX *def;
-    bool capture;
     int ret;
 
-    if (!certs || ncerts == 0)
-        return KTLA_EINVAL;
-    capture = !kernel_has_no_tls();
-    ret = ssl_ctx_new(c, &certs[0], capture, &def);
+    ret = ssl_ctx_new(c, lib, local, &m->pem[0], m->capture_secrets, &def);
     if (ret < 0)
         goto clear_errors;
-    if (ncerts > 1) {
+    if (m->n > 1) {
         ret = -ENOMEM;
-        set = malloc(sizeof(*set) + ncerts * sizeof(set->ssl_ctx[0]));
+        set = malloc(sizeof(*set) + m->n * sizeof(set->ssl_ctx[0]));
         if (!set)
             goto free_default;
         set->n = 1;
@@ -559,8 +765,8 @@ static int ssl_ctxs_new(struct common *c, const struct ktla_cert_config *certs, 
             goto free_default;
         }
         /* From here on, freeing the default frees the set and the SSL_CTXs already in it. */
-        for (size_t i = 1; i < ncerts; i++) {
-            ret = ssl_ctx_new(c, &certs[i], capture, &set->ssl_ctx[i]);
+        for (size_t i = 1; i < m->n; i++) {
+            ret = ssl_ctx_new(c, lib, local, &m->pem[i], m->capture_secrets, &set->ssl_ctx[i]);
             if (ret < 0)
                 goto free_default;
             set->n++;
@@ -577,6 +783,28 @@ clear_errors:
     /* A stale entry would make the next SSL_get_error() on this thread report SSL_ERROR_SSL. */
     ERR_clear_error();
     return ret;
+}
+
+/*
+ * A new generation from a configuration: its text, then the shared SSL_CTXs built from it (which
+ * checks every certificate and key now, in the caller's thread). The kernel is asked again for
+ * each generation, so a reload (SIGHUP in ktla-serve) notices a TLS module loaded since the last.
+ */
+static int generation_new(struct common *c, const struct ktla_cert_config *certs, size_t ncerts,
+                          struct material **m_out, SSL_CTX **out)
+{
+    struct material *m;
+    int ret = material_new(certs, ncerts, !kernel_has_no_tls(), &m);
+
+    if (ret < 0)
+        return ret;
+    ret = ssl_ctxs_new(c, NULL, NULL, m, out);
+    if (ret < 0) {
+        material_unref(m);
+        return ret;
+    }
+    *m_out = m;
+    return 0;
 }
 
 static int common_new(const struct ktla_ctx_config *cfg, struct common **out)
@@ -659,9 +887,10 @@ int ktla_ctx_new(const struct ktla_ctx_config *cfg, struct ktla_ctx **out)
     ret = common_new(cfg, &ctx->common);
     if (ret < 0)
         goto destroy_lock;
-    ret = ssl_ctxs_new(ctx->common, cfg->certs, cfg->ncerts, &ctx->current);
+    ret = generation_new(ctx->common, cfg->certs, cfg->ncerts, &ctx->material, &ctx->current);
     if (ret < 0)
         goto unref_common;
+    atomic_init(&ctx->gen, 1);
     *out = ctx;
     return 0;
 
@@ -685,6 +914,7 @@ void ktla_ctx_free(struct ktla_ctx *ctx)
         return;
     /* SSLs still using it keep their SSL_CTX, and through it the common part, alive. */
     SSL_CTX_free(ctx->current);
+    material_unref(ctx->material);
     common_unref(ctx->common);
     pthread_mutex_destroy(&ctx->lock);
     free(ctx);
@@ -717,19 +947,240 @@ int ktla_ctx_load_ticket_keys(struct ktla_ctx *ctx, const char *path)
 
 int ktla_ctx_reload_certs(struct ktla_ctx *ctx, const struct ktla_cert_config *certs, size_t ncerts)
 {
+    struct material *m, *old_m;
     SSL_CTX *sc, *old;
     int ret;
 
     if (!ctx)
         return KTLA_EINVAL;
-    ret = ssl_ctxs_new(ctx->common, certs, ncerts, &sc);
+    ret = generation_new(ctx->common, certs, ncerts, &m, &sc);
     if (ret < 0)
         return ret;
     pthread_mutex_lock(&ctx->lock);
     old = ctx->current;
+    old_m = ctx->material;
     ctx->current = sc;
+    ctx->material = m;
+    /* The locals build theirs from the new text at their next handshake. */
+    atomic_fetch_add_explicit(&ctx->gen, 1, memory_order_release);
     pthread_mutex_unlock(&ctx->lock);
     /* Handshakes in flight hold their own references to the old generation. */
     SSL_CTX_free(old);
+    material_unref(old_m);
     return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Library contexts of the acceptors' own
+ */
+
+/*
+ * Whether OpenSSL's default library context can be copied into a fresh one: the same providers
+ * loaded by name, which holds for the built-in "default" and "base" only. A FIPS setup, or any
+ * other provider (legacy, pkcs11, one of the application's), keeps every acceptor on the default
+ * context, as does a failure to make one. Decided once per process.
+ */
+static pthread_once_t copy_once = PTHREAD_ONCE_INIT;
+static const char *copy_refusal; /* NULL: copyable */
+static char copy_refusal_buf[160];
+static bool copy_base; /* the default context has "base" as well as "default" */
+
+static int note_provider(OSSL_PROVIDER *prov, void *arg)
+{
+    const char *name = OSSL_PROVIDER_get0_name(prov);
+
+    (void)arg;
+    if (strcmp(name, "base") == 0) {
+        copy_base = true;
+    } else if (strcmp(name, "default") != 0 && !copy_refusal) {
+        snprintf(copy_refusal_buf, sizeof(copy_refusal_buf),
+                 "OpenSSL's default library context has the provider \"%s\", which ktla does "
+                 "not copy",
+                 name);
+        copy_refusal = copy_refusal_buf;
+    }
+    return 1;
+}
+
+static void copy_check(void)
+{
+    if (EVP_default_properties_is_fips_enabled(NULL)) {
+        copy_refusal = "OpenSSL's default library context is in FIPS mode";
+        return;
+    }
+    OSSL_PROVIDER_do_all(NULL, note_provider, NULL);
+    ERR_clear_error();
+}
+
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct lib_slot *pool;
+
+/* A library context from the pool, or a new one; NULL if one cannot be made. */
+static struct lib_slot *slot_get(void)
+{
+    struct lib_slot *sl;
+
+    pthread_mutex_lock(&pool_lock);
+    sl = pool;
+    if (sl)
+        pool = sl->next;
+    pthread_mutex_unlock(&pool_lock);
+    if (sl)
+        return sl;
+    sl = calloc(1, sizeof(*sl));
+    if (!sl)
+        return NULL;
+    sl->lib = OSSL_LIB_CTX_new();
+    if (!sl->lib)
+        goto fail;
+    sl->prov[0] = OSSL_PROVIDER_load(sl->lib, "default");
+    if (!sl->prov[0] || (copy_base && !(sl->prov[1] = OSSL_PROVIDER_load(sl->lib, "base"))))
+        goto fail;
+    sl->aes_cbc = EVP_CIPHER_fetch(sl->lib, "AES-256-CBC", NULL);
+    if (!sl->aes_cbc)
+        goto fail;
+    return sl;
+
+fail:
+    /* Nothing in it drew random numbers yet, so this context can still be freed. */
+    for (size_t i = 0; i < 2; i++)
+        if (sl->prov[i])
+            OSSL_PROVIDER_unload(sl->prov[i]);
+    OSSL_LIB_CTX_free(sl->lib);
+    free(sl);
+    return NULL;
+}
+
+static void slot_put(struct lib_slot *sl)
+{
+    pthread_mutex_lock(&pool_lock);
+    sl->next = pool;
+    pool = sl;
+    pthread_mutex_unlock(&pool_lock);
+}
+
+static void local_free(struct ktla_tls_local *l)
+{
+    /* Every SSL made in the context is gone (each held a reference): these are the last. */
+    SSL_CTX_free(l->current);
+    ticket_keys_free(l->keys);
+    pthread_mutex_destroy(&l->keys_lock);
+    common_unref(l->common);
+    if (l->slot)
+        slot_put(l->slot);
+    free(l);
+}
+
+void ktla_tls_local_unref(struct ktla_tls_local *l)
+{
+    if (l && atomic_fetch_sub_explicit(&l->refs, 1, memory_order_acq_rel) == 1)
+        local_free(l);
+}
+
+/* The newest generation, built in the local's context; 0, or negative with the last one kept. */
+static int local_rebuild(struct ktla_tls_local *l, struct ktla_ctx *ctx)
+{
+    struct material *m;
+    unsigned long gen;
+    SSL_CTX *sc;
+    int ret;
+
+    pthread_mutex_lock(&ctx->lock);
+    m = ctx->material;
+    atomic_fetch_add_explicit(&m->refs, 1, memory_order_relaxed);
+    gen = atomic_load_explicit(&ctx->gen, memory_order_relaxed);
+    pthread_mutex_unlock(&ctx->lock);
+    ret = ssl_ctxs_new(l->common, l->lib, l, m, &sc);
+    material_unref(m);
+    if (ret < 0) {
+        l->failed_gen = gen;
+        return ret;
+    }
+    SSL_CTX_free(l->current); /* SSLs of the older generation keep it while they need it */
+    l->current = sc;
+    l->gen = gen;
+    return 0;
+}
+
+int ktla_tls_local_new(struct ktla_ctx *ctx, struct ktla_tls_local **out, const char **why)
+{
+    struct ktla_tls_local *l;
+    int ret = -ENOMEM;
+
+    *out = NULL;
+    *why = NULL;
+    pthread_once(&copy_once, copy_check);
+    if (copy_refusal) {
+        *why = copy_refusal;
+        return KTLA_EINVAL;
+    }
+    l = calloc(1, sizeof(*l));
+    if (!l)
+        return -ENOMEM;
+    atomic_init(&l->refs, 1);
+    if (pthread_mutex_init(&l->keys_lock, NULL) != 0) {
+        free(l);
+        return -ENOMEM;
+    }
+    l->common = ctx->common;
+    atomic_fetch_add_explicit(&l->common->refs, 1, memory_order_relaxed);
+    l->slot = slot_get();
+    if (!l->slot)
+        goto fail;
+    l->lib = l->slot->lib;
+    ret = local_rebuild(l, ctx);
+    if (ret < 0)
+        goto fail;
+    *out = l;
+    return 0;
+
+fail:
+    *why = "a library context of its own could not be made";
+    ERR_clear_error();
+    local_free(l);
+    return ret;
+}
+
+SSL_CTX *ktla_tls_local_ssl_ctx(struct ktla_tls_local *l, struct ktla_ctx *ctx, bool *failed)
+{
+    unsigned long gen = atomic_load_explicit(&ctx->gen, memory_order_acquire);
+
+    *failed = false;
+    if (gen != l->gen && gen != l->failed_gen && local_rebuild(l, ctx) < 0)
+        *failed = true;
+    if (gen != l->gen) /* this generation failed here: the shared one has it */
+        return ktla_ctx_ssl_ctx(ctx);
+    SSL_CTX_up_ref(l->current);
+    return l->current;
+}
+
+SSL *ktla_ssl_new(SSL_CTX *sc)
+{
+    struct ktla_tls_local *l = local_idx < 0 ? NULL : SSL_CTX_get_ex_data(sc, local_idx);
+    SSL *ssl = SSL_new(sc);
+
+    if (ssl && l)
+        atomic_fetch_add_explicit(&l->refs, 1, memory_order_relaxed);
+    return ssl;
+}
+
+void ktla_ssl_free(SSL *ssl)
+{
+    struct ktla_tls_local *l;
+
+    if (!ssl)
+        return;
+    /* SNI may have moved the SSL to another SSL_CTX: always one of the same local's. */
+    l = local_idx < 0 ? NULL : SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), local_idx);
+    SSL_free(ssl);
+    ktla_tls_local_unref(l);
+}
+
+OSSL_LIB_CTX *ktla_ssl_libctx(const SSL *ssl)
+{
+    /* Before any ktla_ctx was made (an SSL of the application's own) there is no index yet. */
+    struct ktla_tls_local *l =
+        local_idx < 0 ? NULL : SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), local_idx);
+
+    return l ? l->lib : NULL;
 }

@@ -10,6 +10,7 @@
 
 #include <openssl/err.h>
 
+#include "context.h"
 #include "keys.h"
 
 #define IN_INITIAL 4096
@@ -17,11 +18,12 @@
 int ktla_hs_init(struct ktla_hs *hs, SSL_CTX *ssl_ctx)
 {
     memset(hs, 0, sizeof(*hs));
-    hs->ssl = SSL_new(ssl_ctx);
+    hs->ssl = ktla_ssl_new(ssl_ctx);
     if (!hs->ssl)
         goto err;
-    hs->rbio = BIO_new(BIO_s_mem());
-    hs->wbio = BIO_new(BIO_s_mem());
+    /* Made in the SSL's library context: OpenSSL 3.0 locks the context of each BIO made. */
+    hs->rbio = BIO_new_ex(ktla_ssl_libctx(hs->ssl), BIO_s_mem());
+    hs->wbio = BIO_new_ex(ktla_ssl_libctx(hs->ssl), BIO_s_mem());
     if (!hs->rbio || !hs->wbio)
         goto err_free_bios;
     /* An empty read BIO means "more later", not end of stream. */
@@ -33,7 +35,7 @@ int ktla_hs_init(struct ktla_hs *hs, SSL_CTX *ssl_ctx)
 err_free_bios:
     BIO_free(hs->rbio);
     BIO_free(hs->wbio);
-    SSL_free(hs->ssl);
+    ktla_ssl_free(hs->ssl);
 err:
     memset(hs, 0, sizeof(*hs));
     ERR_clear_error();
@@ -43,7 +45,7 @@ err:
 void ktla_hs_release(struct ktla_hs *hs)
 {
     if (hs->ssl)
-        SSL_free(hs->ssl); /* frees both BIOs */
+        ktla_ssl_free(hs->ssl); /* frees both BIOs */
     if (hs->in)
         OPENSSL_clear_free(hs->in, hs->in_cap);
     free(hs->out);

@@ -169,6 +169,7 @@ struct ktla_acceptor {
     size_t plain_reply_len;
     ktla_done_cb done_cb; /* ktla_acceptor_free_then */
     void *done_arg;
+    struct ktla_tls_local *tls; /* its own OpenSSL library context; NULL: the shared one */
 };
 
 /* A submission queue entry, flushing the ring once if it is full; NULL only if that failed. */

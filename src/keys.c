@@ -15,6 +15,7 @@
 #include <openssl/params.h>
 #include <openssl/ssl.h>
 
+#include "context.h"
 #include "keys.h"
 
 #define RANDOM_LEN 32 /* ClientHello.random, ServerHello.random */
@@ -228,16 +229,18 @@ static int suite_of(const SSL *ssl, uint16_t *version, enum ktla_cipher *cipher,
 }
 
 /*
- * Runs one of OpenSSL's KDFs. Every input was checked by this module, so a failure can only be a
- * failed allocation (or a provider missing its KDF, which is as fatal): -ENOMEM.
+ * Runs one of OpenSSL's KDFs in library context `lib` (the SSL's: see context.c; NULL for
+ * OpenSSL's default). Every input was checked by this module, so a failure can only be a failed
+ * allocation (or a provider missing its KDF, which is as fatal): -ENOMEM.
  */
-static int run_kdf(const char *name, const OSSL_PARAM *params, uint8_t *out, size_t out_len)
+static int run_kdf(OSSL_LIB_CTX *lib, const char *name, const OSSL_PARAM *params, uint8_t *out,
+                   size_t out_len)
 {
     EVP_KDF_CTX *kctx;
     EVP_KDF *kdf;
     int ret = -ENOMEM;
 
-    kdf = EVP_KDF_fetch(NULL, name, NULL);
+    kdf = EVP_KDF_fetch(lib, name, NULL);
     if (kdf == NULL)
         return ret;
     kctx = EVP_KDF_CTX_new(kdf);
@@ -252,8 +255,8 @@ free_kdf:
 }
 
 /* HKDF-Expand-Label(secret, label, "", out_len) (RFC 8446 §7.1). */
-static int expand_label(const EVP_MD *md, const uint8_t *secret, size_t secret_len,
-                        const char *label, uint8_t *out, size_t out_len)
+static int expand_label(OSSL_LIB_CTX *lib, const EVP_MD *md, const uint8_t *secret,
+                        size_t secret_len, const char *label, uint8_t *out, size_t out_len)
 {
     static const char prefix[] = "tls13 ";
     uint8_t info[2 + 1 + 255 + 1];
@@ -276,21 +279,21 @@ static int expand_label(const EVP_MD *md, const uint8_t *secret, size_t secret_l
         OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, info, info_len),
         OSSL_PARAM_construct_end(),
     };
-    return run_kdf(OSSL_KDF_NAME_HKDF, params, out, out_len);
+    return run_kdf(lib, OSSL_KDF_NAME_HKDF, params, out, out_len);
 }
 
 /* One TLS 1.3 direction's key and IV from its traffic secret (RFC 8446 §7.3). */
-static int tls13_key(const EVP_MD *md, const uint8_t *secret, size_t secret_len, uint16_t version,
-                     enum ktla_cipher cipher, struct ktla_key *k)
+static int tls13_key(OSSL_LIB_CTX *lib, const EVP_MD *md, const uint8_t *secret, size_t secret_len,
+                     uint16_t version, enum ktla_cipher cipher, struct ktla_key *k)
 {
     int ret;
 
     memset(k, 0, sizeof(*k));
     k->version = version;
     k->cipher = cipher;
-    ret = expand_label(md, secret, secret_len, "key", k->key, ktla_cipher_key_len(cipher));
+    ret = expand_label(lib, md, secret, secret_len, "key", k->key, ktla_cipher_key_len(cipher));
     if (ret == 0)
-        ret = expand_label(md, secret, secret_len, "iv", k->iv, TLS13_IV_LEN);
+        ret = expand_label(lib, md, secret, secret_len, "iv", k->iv, TLS13_IV_LEN);
     if (ret < 0)
         ktla_key_wipe(k);
     return ret;
@@ -313,9 +316,9 @@ static int tls13_derive(SSL *ssl, const EVP_MD *md, uint16_t version, enum ktla_
 
     const uint8_t *own = SSL_is_server(ssl) ? sec->server : sec->client;
     const uint8_t *peer = SSL_is_server(ssl) ? sec->client : sec->server;
-    ret = tls13_key(md, own, md_len, version, cipher, tx);
+    ret = tls13_key(ktla_ssl_libctx(ssl), md, own, md_len, version, cipher, tx);
     if (ret == 0)
-        ret = tls13_key(md, peer, md_len, version, cipher, rx);
+        ret = tls13_key(ktla_ssl_libctx(ssl), md, peer, md_len, version, cipher, rx);
     return ret;
 }
 
@@ -344,7 +347,7 @@ static int tls12_key_block(SSL *ssl, const EVP_MD *md, uint8_t *out, size_t out_
         OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SEED, seed, sizeof(seed)),
         OSSL_PARAM_construct_end(),
     };
-    ret = run_kdf(OSSL_KDF_NAME_TLS1_PRF, params, out, out_len);
+    ret = run_kdf(ktla_ssl_libctx(ssl), OSSL_KDF_NAME_TLS1_PRF, params, out, out_len);
 wipe_master:
     OPENSSL_cleanse(master, sizeof(master));
     return ret;
@@ -410,13 +413,13 @@ wipe_keys:
  * Hash.length) (RFC 8446 §7.2) and *k the key and IV of the new secret. The secret changes only
  * on success, so that after a failure it still matches the peer's generation.
  */
-static int next_generation(const EVP_MD *md, uint8_t *secret, size_t len, uint16_t version,
-                           enum ktla_cipher cipher, struct ktla_key *k)
+static int next_generation(OSSL_LIB_CTX *lib, const EVP_MD *md, uint8_t *secret, size_t len,
+                           uint16_t version, enum ktla_cipher cipher, struct ktla_key *k)
 {
     uint8_t next[EVP_MAX_MD_SIZE];
-    int ret = expand_label(md, secret, len, "traffic upd", next, len);
+    int ret = expand_label(lib, md, secret, len, "traffic upd", next, len);
     if (ret == 0)
-        ret = tls13_key(md, next, len, version, cipher, k);
+        ret = tls13_key(lib, md, next, len, version, cipher, k);
     if (ret == 0)
         memcpy(secret, next, len);
     OPENSSL_cleanse(next, sizeof(next));
@@ -441,8 +444,9 @@ int ktla_keys_update(SSL *ssl, enum ktla_dir dir, struct ktla_key *k)
         sec->server_len != md_len || (dir != KTLA_DIR_TX && dir != KTLA_DIR_RX))
         goto wipe_key;
     /* TX is our own write direction: the server's secret on a server, the client's on a client. */
-    ret = next_generation(md, (dir == KTLA_DIR_TX) == (SSL_is_server(ssl) == 1) ? sec->server
-                                                                                 : sec->client,
+    ret = next_generation(ktla_ssl_libctx(ssl), md,
+                          (dir == KTLA_DIR_TX) == (SSL_is_server(ssl) == 1) ? sec->server
+                                                                            : sec->client,
                           md_len, version, cipher, k);
     if (ret == 0)
         return 0;
@@ -483,7 +487,7 @@ int ktla_secrets_update(struct ktla_secrets *s, enum ktla_dir dir, struct ktla_k
     int ret = KTLA_EINVAL;
 
     if (md && (size_t)EVP_MD_get_size(md) == s->len && (dir == KTLA_DIR_TX || dir == KTLA_DIR_RX))
-        ret = next_generation(md, dir == KTLA_DIR_TX ? s->tx : s->rx, s->len, KTLA_TLS1_3,
+        ret = next_generation(NULL, md, dir == KTLA_DIR_TX ? s->tx : s->rx, s->len, KTLA_TLS1_3,
                               (enum ktla_cipher)s->cipher, k);
     if (ret < 0)
         ktla_key_wipe(k);
@@ -496,7 +500,7 @@ int ktla_secrets_current(const struct ktla_secrets *s, enum ktla_dir dir, struct
     int ret = KTLA_EINVAL;
 
     if (md && (size_t)EVP_MD_get_size(md) == s->len && (dir == KTLA_DIR_TX || dir == KTLA_DIR_RX))
-        ret = tls13_key(md, dir == KTLA_DIR_TX ? s->tx : s->rx, s->len, KTLA_TLS1_3,
+        ret = tls13_key(NULL, md, dir == KTLA_DIR_TX ? s->tx : s->rx, s->len, KTLA_TLS1_3,
                         (enum ktla_cipher)s->cipher, k);
     if (ret < 0)
         ktla_key_wipe(k);

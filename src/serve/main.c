@@ -75,6 +75,7 @@ struct options {
     const char *access_log;
     enum ktla_ktls_policy ktls;
     enum ktla_file_path file_path;
+    bool shared_openssl; /* --openssl-context shared */
     unsigned workers;
     unsigned handshake_timeout_s, idle_timeout_s, drain_timeout_s;
     unsigned max_connections;
@@ -119,6 +120,10 @@ static void usage(FILE *f, const char *argv0)
         "                              worker (default, measured faster), or io_uring splice\n"
         "  --workers N                 threads, each with its own io_uring and listening socket\n"
         "                              (default: the number of CPUs)\n"
+        "  --openssl-context worker|shared\n"
+        "                              OpenSSL library context: one per worker (default; OpenSSL\n"
+        "                              3.0 makes threads sharing one contend on its locks), or\n"
+        "                              OpenSSL's default one shared by all\n"
         "  --tickets FILE              session ticket keys shared with other servers (80-byte\n"
         "                              keys, e.g. 'openssl rand 80 > FILE'); reloaded on SIGHUP\n"
         "  --handshake-timeout SECONDS TLS handshake deadline (default 10)\n"
@@ -340,6 +345,7 @@ static const struct option longopts[] = {
     {"key", required_argument, NULL, 'k'},
     {"ktls", required_argument, NULL, 'K'},
     {"file-io", required_argument, NULL, 'F'},
+    {"openssl-context", required_argument, NULL, 'O'},
     {"workers", required_argument, NULL, 'w'},
     {"tickets", required_argument, NULL, 't'},
     {"handshake-timeout", required_argument, NULL, 'H'},
@@ -437,6 +443,16 @@ static int apply_option(struct options *o, int c, const char *arg)
             o->file_path = KTLA_FILE_SPLICE;
         else {
             say("--file-io is sendfile or splice, not '%s'\n", arg);
+            ret = -1;
+        }
+        break;
+    case 'O':
+        if (!strcmp(arg, "worker"))
+            o->shared_openssl = false;
+        else if (!strcmp(arg, "shared"))
+            o->shared_openssl = true;
+        else {
+            say("--openssl-context is worker or shared, not '%s'\n", arg);
             ret = -1;
         }
         break;
@@ -1340,6 +1356,7 @@ int main(int argc, char **argv)
     }
     cfg.ktls = o.ktls;
     cfg.file_path = o.file_path;
+    cfg.shared_openssl = o.shared_openssl;
     cfg.handshake_timeout_ms = o.handshake_timeout_s * 1000;
     cfg.idle_timeout_s = o.idle_timeout_s;
     cfg.drain_timeout_s = o.drain_timeout_s;

@@ -1103,6 +1103,8 @@ int worker_init(struct worker *w)
             goto arm;
         }
         ktla_acceptor_set_plain_reply(w->acc[i], plain_400, sizeof(plain_400) - 1);
+        if (w->cfg->shared_openssl)
+            ktla_acceptor_set_openssl_context(w->acc[i], KTLA_OPENSSL_SHARED);
     }
 arm:
     w->cached_lookups = files_can_resolve_cached(w->cfg->root_fd);

@@ -19,6 +19,7 @@ struct serve_config {
     struct ktla_ctx *ctx;
     enum ktla_ktls_policy ktls;
     enum ktla_file_path file_path;
+    bool shared_openssl; /* every acceptor on OpenSSL's default library context */
     unsigned handshake_timeout_ms;
     unsigned idle_timeout_s;
     unsigned drain_timeout_s;

@@ -165,6 +165,46 @@ ParameterizedTest(struct tu_variant *v, acceptor, recv_ready_waits_without_a_buf
     echo_stop(s);
 }
 
+/*
+ * Both OpenSSL library contexts an acceptor can run its handshakes in (its own, the default; or
+ * OpenSSL's shared one) give the same connections: TLS 1.3 and 1.2, kernel mode where the kernel
+ * has TLS (the keys are derived in the SSL's context), and a ticket from one resumes on the other
+ * (same ktla_ctx, same keys).
+ */
+Test(acceptor, own_and_shared_openssl_contexts_serve_alike)
+{
+    int reason = expected_reason();
+    struct echo_opts own = {.tickets = -1}, shared = {.tickets = -1, .shared_openssl = true};
+    struct echo_server *s[2] = {echo_start(&own), NULL};
+    struct echo_conn conns[4];
+    struct tc c;
+
+    shared.ctx = echo_ctx(s[0]); /* the same ktla_ctx, so the same ticket keys */
+    s[1] = echo_start(&shared);
+    static const uint16_t versions[] = {KTLA_TLS1_3, KTLA_TLS1_2};
+    for (int v = 0; v < 2; v++) {
+        struct tc_opts co = {.version = versions[v], .cipher = -1};
+        co.ctx = tc_ctx_new(&co);
+        for (int i = 0; i < 2; i++) {
+            cr_assert_eq(tc_connect(&c, echo_port(s[i]), &co, NULL, 0), 0);
+            cr_assert_eq(SSL_session_reused(c.ssl), co.session != NULL,
+                         "server %d, version %x: a ticket of the other server did not resume", i,
+                         versions[v]);
+            echo_round(&c, 20000, (uint8_t)(10 * v + i));
+            SSL_SESSION_free(co.session);
+            co.session = tc_session(&c);
+            cr_assert(co.session);
+            tc_close(&c, true);
+            cr_assert(echo_wait_ended(s[i], v + 1, 5000));
+            check_modes(last_conn(s[i], conns, 4), reason);
+        }
+        SSL_SESSION_free(co.session);
+        SSL_CTX_free(co.ctx);
+    }
+    echo_stop(s[1]);
+    echo_stop(s[0]);
+}
+
 ParameterizedTestParameters(acceptor, tls13_ticket_counts_keep_the_sequence_right)
 {
     static int counts[] = {0, 1, 2, 4};

@@ -17,6 +17,7 @@
 
 #include <openssl/err.h>
 
+#include "context.h"
 #include "ktls.h"
 #include "memtls.h"
 #include "testutil.h"
@@ -333,20 +334,26 @@ struct echo_server *echo_start(const struct echo_opts *o)
     cr_assert(s);
     s->opts = *o;
     pthread_mutex_init(&s->lock, NULL);
-    tu_selfsigned_pem(&cert, &key);
-    struct ktla_cert_config cc = {.cert_pem = cert, .key_pem = key};
-    struct ktla_ctx_config cfg = {
-        .certs = &cc,
-        .ncerts = 1,
-        .min_version = o->min_version,
-        .max_version = o->max_version,
-        /* echo_opts counts plainly (-1 default, 0 none); the library's 0 is its default. */
-        .tls13_tickets = o->tickets < 0 ? 0 : o->tickets == 0 ? -1 : o->tickets,
-    };
-    int ret = ktla_ctx_new(&cfg, &s->ctx);
-    free(cert);
-    free(key);
-    cr_assert_eq(ret, 0, "ktla_ctx_new: %s", ktla_strerror(ret));
+    int ret;
+    if (o->ctx) {
+        ktla_ctx_ref(o->ctx);
+        s->ctx = o->ctx;
+    } else {
+        tu_selfsigned_pem(&cert, &key);
+        struct ktla_cert_config cc = {.cert_pem = cert, .key_pem = key};
+        struct ktla_ctx_config cfg = {
+            .certs = &cc,
+            .ncerts = 1,
+            .min_version = o->min_version,
+            .max_version = o->max_version,
+            /* echo_opts counts plainly (-1 default, 0 none); the library's 0 is its default. */
+            .tls13_tickets = o->tickets < 0 ? 0 : o->tickets == 0 ? -1 : o->tickets,
+        };
+        ret = ktla_ctx_new(&cfg, &s->ctx);
+        free(cert);
+        free(key);
+        cr_assert_eq(ret, 0, "ktla_ctx_new: %s", ktla_strerror(ret));
+    }
     s->lfd = tu_listen(&s->port);
     s->file_fd = o->file ? open(o->file, O_RDONLY | O_CLOEXEC) : -1;
     s->file_extra = o->file_extra;
@@ -371,6 +378,8 @@ struct echo_server *echo_start(const struct echo_opts *o)
     if (o->plain_reply)
         cr_assert_eq(ktla_acceptor_set_plain_reply(s->acc, o->plain_reply, strlen(o->plain_reply)),
                      0);
+    if (o->shared_openssl)
+        cr_assert_eq(ktla_acceptor_set_openssl_context(s->acc, KTLA_OPENSSL_SHARED), 0);
     cr_assert_eq(pthread_create(&s->thread, NULL, server_main, s), 0);
     return s;
 }
@@ -378,6 +387,11 @@ struct echo_server *echo_start(const struct echo_opts *o)
 uint16_t echo_port(const struct echo_server *s)
 {
     return s->port;
+}
+
+struct ktla_ctx *echo_ctx(const struct echo_server *s)
+{
+    return s->ctx;
 }
 
 int echo_conns(struct echo_server *s, struct echo_conn *out, int max)

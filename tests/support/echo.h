@@ -37,6 +37,11 @@ struct echo_opts {
     /* The client's close_notify is answered with ktla_conn_shutdown (linger 5 s), as ktla-serve
      * does, rather than ktla_conn_close. */
     bool shutdown_at_close_notify;
+    /* ktla_acceptor_set_openssl_context(KTLA_OPENSSL_SHARED): OpenSSL's default library
+     * context and the ktla_ctx's SSL_CTX rather than the acceptor's own. */
+    bool shared_openssl;
+    /* Another server's TLS context (echo_ctx), shared: the same certificate and ticket keys. */
+    struct ktla_ctx *ctx;
 };
 
 enum { ECHO_END_SHUTDOWN = 1, ECHO_END_CLOSE = 2 };
@@ -61,6 +66,7 @@ struct echo_server;
 
 struct echo_server *echo_start(const struct echo_opts *o);
 uint16_t echo_port(const struct echo_server *s);
+struct ktla_ctx *echo_ctx(const struct echo_server *s);
 /* Copies of the connections so far (up to max) and how many there were. */
 int echo_conns(struct echo_server *s, struct echo_conn *out, int max);
 /* Failed handshakes so far, and the code of the last one. */

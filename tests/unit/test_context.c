@@ -14,6 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <openssl/err.h>
@@ -1417,4 +1419,285 @@ Test(ctx_reload, handshakes_resume_while_keys_and_certificates_are_swapped)
     SSL_CTX_free(cc);
     cert_free(&def);
     cert_free(&a);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Library contexts of the acceptors' own (ktla_tls_local)
+ */
+
+TestSuite(ctx_local, .init = tmp_init, .fini = tmp_fini);
+
+static struct ktla_tls_local *local_new(struct ktla_ctx *ctx)
+{
+    struct ktla_tls_local *l = NULL;
+    const char *why = NULL;
+    int ret = ktla_tls_local_new(ctx, &l, &why);
+
+    cr_assert_eq(ret, 0, "ktla_tls_local_new: %s (%s)", ktla_strerror(ret), why ? why : "");
+    cr_assert(l);
+    return l;
+}
+
+/* A connection whose server SSL comes from the local, as the acceptor makes it. */
+static void local_conn_new(struct conn *p, struct ktla_tls_local *l, struct ktla_ctx *ctx,
+                           SSL_CTX *cctx, const char *sni)
+{
+    bool failed = true;
+    SSL_CTX *sctx = ktla_tls_local_ssl_ctx(l, ctx, &failed);
+
+    cr_assert(sctx);
+    cr_assert_not(failed);
+    conn_new_from(p, sctx, cctx, sni);
+    /* conn_new_from's plain SSL_new: redone the acceptor's way, holding the local. */
+    SSL_free(p->server);
+    p->server = ktla_ssl_new(sctx);
+    cr_assert(p->server);
+    SSL_set_accept_state(p->server);
+    BIO *to_server = SSL_get_wbio(p->client), *to_client = SSL_get_rbio(p->client);
+    cr_assert(BIO_up_ref(to_server) && BIO_up_ref(to_client));
+    SSL_set_bio(p->server, to_server, to_client);
+    SSL_CTX_free(sctx);
+}
+
+static void local_conn_free(struct conn *p)
+{
+    if (SSL_is_init_finished(p->client))
+        SSL_shutdown(p->client);
+    SSL_free(p->client);
+    ktla_ssl_free(p->server);
+}
+
+static bool local_connect(struct ktla_tls_local *l, struct ktla_ctx *ctx, SSL_CTX *cc,
+                          const char *sni, SSL_SESSION *resume, SSL_SESSION **next, char *san,
+                          size_t san_len)
+{
+    struct conn p;
+    bool reused;
+
+    local_conn_new(&p, l, ctx, cc, sni);
+    if (resume)
+        cr_assert(SSL_set_session(p.client, resume));
+    cr_assert(handshake(&p), "handshake failed: %s", ERR_reason_error_string(ERR_peek_error()));
+    cr_assert_not_null(ktla_ssl_libctx(p.server), "a handshake of the local, not the shared one");
+    exchange(&p);
+    reused = SSL_session_reused(p.server);
+    cr_assert_eq(reused, SSL_session_reused(p.client) == 1);
+    if (san)
+        peer_san(p.client, san, san_len);
+    if (next)
+        cr_assert(*next = SSL_get1_session(p.client));
+    local_conn_free(&p);
+    return reused;
+}
+
+Test(ctx_local, each_local_handshakes_in_a_library_context_of_its_own)
+{
+    struct test_cert c;
+    SSL_CTX *cc = client_ctx(0);
+    struct conn a, b, shared;
+
+    cert_make(&c, KEY_EC, "DNS:default.test", NULL, false);
+    struct ktla_ctx *ctx = ctx_for(&c);
+    struct ktla_tls_local *la = local_new(ctx), *lb = local_new(ctx);
+
+    local_conn_new(&a, la, ctx, cc, NULL);
+    local_conn_new(&b, lb, ctx, cc, NULL);
+    conn_new(&shared, ctx, cc, NULL);
+    cr_assert_not_null(ktla_ssl_libctx(a.server));
+    cr_assert_not_null(ktla_ssl_libctx(b.server));
+    cr_assert_neq(ktla_ssl_libctx(a.server), ktla_ssl_libctx(b.server));
+    cr_assert_null(ktla_ssl_libctx(shared.server), "the shared SSL_CTX is OpenSSL's default");
+    cr_assert_neq(SSL_get_SSL_CTX(a.server), SSL_get_SSL_CTX(b.server));
+    cr_assert(handshake(&a));
+    cr_assert(handshake(&b));
+    exchange(&a);
+    exchange(&b);
+    /* The same settings as the shared SSL_CTX, whatever context they were made in. */
+    assert_settings(SSL_get_SSL_CTX(a.server), 2);
+    local_conn_free(&a);
+    local_conn_free(&b);
+    conn_free(&shared);
+
+    ktla_tls_local_unref(la);
+    ktla_tls_local_unref(lb);
+    ktla_ctx_free(ctx);
+    SSL_CTX_free(cc);
+    cert_free(&c);
+}
+
+Test(ctx_local, tickets_open_across_locals_and_follow_a_key_reload)
+{
+    struct test_cert c;
+    SSL_CTX *cc = client_ctx(TLS1_3_VERSION);
+    SSL_SESSION *s1, *s2, *s3;
+    unsigned char first[80], second[80];
+
+    cert_make(&c, KEY_EC, "DNS:default.test", NULL, false);
+    struct ktla_cert_config cert = cert_config(&c);
+    struct ktla_ctx *ctx = ctx_new(&(struct ktla_ctx_config){
+        .certs = &cert, .ncerts = 1, .ticket_key_file = key_file("k1.key", 1, first)});
+    struct ktla_tls_local *la = local_new(ctx), *lb = local_new(ctx);
+
+    cr_assert_not(local_connect(la, ctx, cc, NULL, NULL, &s1, NULL, 0));
+    cr_assert(memcmp(ticket_key_name(s1), first, 16) == 0);
+    /* Issued by one acceptor's context, opened by another's and by the shared one. */
+    cr_assert(local_connect(lb, ctx, cc, NULL, s1, &s2, NULL, 0));
+    cr_assert(connect_once(ctx, cc, NULL, s2, NULL));
+
+    /* New keys reach a local that already sealed tickets under the old ones. */
+    const char *path = key_file("k2.key", 1, second);
+    cr_assert_eq(ktla_ctx_load_ticket_keys(ctx, path), 0);
+    cr_assert_not(local_connect(la, ctx, cc, NULL, s2, &s3, NULL, 0),
+                  "a ticket sealed under a key no longer loaded must not resume");
+    cr_assert(memcmp(ticket_key_name(s3), second, 16) == 0, "sealed under the old key");
+    cr_assert(local_connect(lb, ctx, cc, NULL, s3, NULL, NULL, 0));
+
+    SSL_SESSION_free(s1);
+    SSL_SESSION_free(s2);
+    SSL_SESSION_free(s3);
+    ktla_tls_local_unref(la);
+    ktla_tls_local_unref(lb);
+    ktla_ctx_free(ctx);
+    SSL_CTX_free(cc);
+    cert_free(&c);
+}
+
+Test(ctx_local, a_local_takes_reloaded_certificates_and_keeps_sni)
+{
+    struct test_cert def, a, next;
+    SSL_CTX *cc = client_ctx(0);
+    struct conn before;
+    char san[64];
+
+    cert_make(&def, KEY_EC, "DNS:default.test", NULL, false);
+    cert_make(&a, KEY_EC, "DNS:a.example.com", NULL, false);
+    cert_make(&next, KEY_RSA, "DNS:next.test", NULL, false);
+    /* The first pair from files, as ktla-serve gives them: read once, when loaded. */
+    struct ktla_cert_config certs[] = {
+        {.cert_file = tmp_write("def.pem", def.cert_pem, strlen(def.cert_pem)),
+         .key_file = tmp_write("def.key", def.key_pem, strlen(def.key_pem))},
+        cert_config(&a)};
+    struct ktla_cert_config next_cert = cert_config(&next);
+    struct ktla_ctx *ctx =
+        ctx_new(&(struct ktla_ctx_config){.certs = certs, .ncerts = 2, .tls13_tickets = 0});
+    struct ktla_tls_local *l = local_new(ctx);
+
+    /* Changing the files afterwards changes nothing until a reload. */
+    tmp_write("def.pem", next.cert_pem, strlen(next.cert_pem));
+    local_connect(l, ctx, cc, NULL, NULL, NULL, san, sizeof(san));
+    cr_assert_str_eq(san, "default.test");
+    local_connect(l, ctx, cc, "a.example.com", NULL, NULL, san, sizeof(san));
+    cr_assert_str_eq(san, "a.example.com");
+
+    /* An SSL made before the reload keeps its generation, SNI included. */
+    local_conn_new(&before, l, ctx, cc, "a.example.com");
+    cr_assert_eq(ktla_ctx_reload_certs(ctx, &next_cert, 1), 0);
+    local_connect(l, ctx, cc, "a.example.com", NULL, NULL, san, sizeof(san));
+    cr_assert_str_eq(san, "next.test");
+    cr_assert(handshake(&before));
+    peer_san(before.client, san, sizeof(san));
+    cr_assert_str_eq(san, "a.example.com");
+    local_conn_free(&before);
+
+    ktla_tls_local_unref(l);
+    ktla_ctx_free(ctx);
+    SSL_CTX_free(cc);
+    cert_free(&def);
+    cert_free(&a);
+    cert_free(&next);
+}
+
+Test(ctx_local, an_ssl_outlives_its_local_and_the_context_is_reused)
+{
+    struct test_cert c;
+    SSL_CTX *cc = client_ctx(0);
+    struct conn p;
+
+    cert_make(&c, KEY_EC, "DNS:default.test", NULL, false);
+    struct ktla_ctx *ctx = ctx_for(&c);
+    struct ktla_tls_local *l = local_new(ctx);
+
+    local_conn_new(&p, l, ctx, cc, NULL);
+    OSSL_LIB_CTX *lib = ktla_ssl_libctx(p.server);
+    ktla_tls_local_unref(l); /* the acceptor is gone; its connection is not */
+    ktla_ctx_free(ctx);
+    cr_assert(handshake(&p));
+    exchange(&p);
+    local_conn_free(&p);
+
+    /* The context went back to the pool, not to free(): the next acceptor takes it. */
+    ctx = ctx_for(&c);
+    l = local_new(ctx);
+    local_conn_new(&p, l, ctx, cc, NULL);
+    cr_assert_eq(ktla_ssl_libctx(p.server), lib);
+    cr_assert(handshake(&p));
+    local_conn_free(&p);
+    ktla_tls_local_unref(l);
+    ktla_ctx_free(ctx);
+    SSL_CTX_free(cc);
+    cert_free(&c);
+}
+
+struct local_thread {
+    struct ktla_tls_local *l;
+    struct ktla_ctx *ctx;
+    SSL_CTX *cc;
+    bool ok;
+};
+
+static void *local_handshake_thread(void *arg)
+{
+    struct local_thread *t = arg;
+    struct conn p;
+
+    local_conn_new(&p, t->l, t->ctx, t->cc, NULL);
+    t->ok = handshake(&p);
+    local_conn_free(&p);
+    ktla_tls_local_unref(t->l); /* the last reference goes here, not where it was made */
+    return NULL;
+}
+
+/*
+ * OpenSSL 3.0 leaves, in each thread that drew random numbers from a library context, a handler
+ * run when the thread ends that uses the context: one freed before then (as the first version of
+ * this code did once the last connection went) was used after its free by the process's exit,
+ * which hung in OpenSSL's cleanup. Here, in a child that exits the normal way: the local made in
+ * one thread, a handshake and the last reference in another, then exit() from the first.
+ */
+Test(ctx_local, a_process_exits_cleanly_after_its_locals_are_gone, .timeout = 60)
+{
+    struct test_cert c;
+
+    cert_make(&c, KEY_EC, "DNS:default.test", NULL, false);
+    pid_t pid = fork();
+    cr_assert(pid >= 0);
+    if (pid == 0) {
+        struct local_thread t = {.cc = client_ctx(0)};
+        struct ktla_cert_config cc = cert_config(&c);
+        struct ktla_ctx_config cfg = {.certs = &cc, .ncerts = 1};
+        pthread_t th;
+        const char *why;
+        if (ktla_ctx_new(&cfg, &t.ctx) != 0 || ktla_tls_local_new(t.ctx, &t.l, &why) != 0)
+            _exit(3);
+        if (pthread_create(&th, NULL, local_handshake_thread, &t) != 0)
+            _exit(4);
+        pthread_join(th, NULL);
+        ktla_ctx_free(t.ctx);
+        SSL_CTX_free(t.cc);
+        exit(t.ok ? 0 : 5); /* atexit: OpenSSL's cleanup runs this thread's handlers */
+    }
+    int status = 0;
+    for (int i = 0; i < 300; i++) {
+        if (waitpid(pid, &status, WNOHANG) == pid)
+            break;
+        usleep(100000);
+        if (i == 299) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            cr_assert_fail("the child did not exit within 30 s");
+        }
+    }
+    cr_assert(WIFEXITED(status), "the child died of signal %d", WTERMSIG(status));
+    cr_assert_eq(WEXITSTATUS(status), 0);
+    cert_free(&c);
 }
