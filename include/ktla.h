@@ -327,14 +327,15 @@ KTLA_API int ktla_acceptor_set_plain_reply(struct ktla_acceptor *acc, const void
  * Which OpenSSL library context an acceptor's handshakes run in. OpenSSL 3.0 takes a lock of the
  * library context for each algorithm it looks up, hundreds of times per handshake, so acceptors
  * on several threads sharing OpenSSL's default context all write the same few cache lines.
- * KTLA_OPENSSL_OWN, the default: each acceptor makes a library context of its own (OpenSSL's
- * "default" provider, and "base" where the default context has it) and SSL_CTXs in it from the
- * ktla_ctx's certificates and settings, rebuilt at its next handshake after
- * ktla_ctx_reload_certs; tickets open across acceptors as before. It costs about 300 KB per
- * acceptor. Where OpenSSL's default context cannot be copied (FIPS mode, or a provider other
- * than "default" and "base", such as one an application loaded for keys in hardware) or making
- * one fails, the acceptor shares the default context, and says why once per process through its
- * log callback. KTLA_OPENSSL_SHARED asks for the default context.
+ * KTLA_OPENSSL_OWN, the default: at its first connection, in the thread that runs it, each
+ * acceptor makes a library context of its own (OpenSSL's "default" provider, and "base" where the
+ * default context has it) and SSL_CTXs in it from the ktla_ctx's certificates and settings,
+ * rebuilt at its next handshake after ktla_ctx_reload_certs; tickets open across acceptors as
+ * before. It costs about 300 KB per acceptor. Where OpenSSL's default context cannot be copied
+ * (FIPS mode, or a provider other than "default" and "base", such as one an application loaded
+ * for keys in hardware) or making one fails, the acceptor shares the default context, and says
+ * why once per process through its log callback. KTLA_OPENSSL_SHARED asks for the default
+ * context and the ktla_ctx's SSL_CTX.
  */
 enum ktla_openssl_context {
     KTLA_OPENSSL_OWN = 0,
@@ -343,8 +344,8 @@ enum ktla_openssl_context {
 
 /*
  * Chooses the library context before the acceptor's first connection (call it before its ring
- * runs). 0; KTLA_EINVAL after the first connection or for another value; for KTLA_OPENSSL_OWN,
- * KTLA_EINVAL or -ENOMEM where the acceptor cannot have its own, and then it shares.
+ * runs, or from its thread before a connection arrives). 0, or KTLA_EINVAL (NULL, another value,
+ * or a connection already accepted).
  */
 KTLA_API int ktla_acceptor_set_openssl_context(struct ktla_acceptor *acc,
                                                enum ktla_openssl_context which);

@@ -36,6 +36,7 @@ static atomic_bool shared_openssl_logged;
 
 static void arm_accept(struct ktla_acceptor *acc);
 static void hs_progress(struct ktla_conn *c);
+static void use_own_openssl_context(struct ktla_acceptor *acc);
 
 void ktla_acceptor_log(struct ktla_acceptor *acc, const char *fmt, ...)
 {
@@ -377,6 +378,13 @@ static void hs_start(struct ktla_acceptor *acc, int fd)
     c->hs = calloc(1, sizeof(*c->hs));
     if (!c->hs)
         goto err_free_conn;
+    if (!acc->tls_decided) {
+        /* Made here rather than in ktla_acceptor_new: in the thread that will use it, and not at
+         * all for an acceptor told to share before its first connection. */
+        acc->tls_decided = true;
+        if (!acc->tls_shared)
+            use_own_openssl_context(acc);
+    }
     if (acc->tls) {
         bool failed;
         sctx = ktla_tls_local_ssl_ctx(acc->tls, acc->cfg.ctx, &failed);
@@ -611,7 +619,7 @@ void ktla_acceptor_complete(struct ktla_op *op, struct io_uring_cqe *cqe)
 
 /* ---- OpenSSL's library context */
 
-static int use_own_openssl_context(struct ktla_acceptor *acc)
+static void use_own_openssl_context(struct ktla_acceptor *acc)
 {
     const char *why;
     int ret = ktla_tls_local_new(acc->cfg.ctx, &acc->tls, &why);
@@ -621,21 +629,16 @@ static int use_own_openssl_context(struct ktla_acceptor *acc)
                           "ktla: %s: acceptors share OpenSSL's default library context "
                           "(threads then contend on its locks)",
                           why);
-    return ret;
 }
 
 int ktla_acceptor_set_openssl_context(struct ktla_acceptor *acc, enum ktla_openssl_context which)
 {
     if (!acc || (which != KTLA_OPENSSL_OWN && which != KTLA_OPENSSL_SHARED))
         return KTLA_EINVAL;
-    if (acc->stats.accepted) /* handshakes already run in the other one */
+    if (acc->tls_decided) /* handshakes already run in one or the other */
         return KTLA_EINVAL;
-    if (which == KTLA_OPENSSL_SHARED) {
-        ktla_tls_local_unref(acc->tls);
-        acc->tls = NULL;
-        return 0;
-    }
-    return acc->tls ? 0 : use_own_openssl_context(acc);
+    acc->tls_shared = which == KTLA_OPENSSL_SHARED;
+    return 0;
 }
 
 /* ---- public */
@@ -672,7 +675,6 @@ int ktla_acceptor_new(const struct ktla_acceptor_config *cfg, struct ktla_accept
     acc->retry_op = (struct ktla_op){.kind = KTLA_OP_ACCEPT_RETRY, .acc = acc};
     acc->nop_op = (struct ktla_op){.kind = KTLA_OP_NOP, .acc = acc};
     ktla_ctx_ref(cfg->ctx);
-    use_own_openssl_context(acc);
     arm_accept(acc);
     *out = acc;
     return 0;

@@ -169,7 +169,7 @@ ParameterizedTest(struct tu_variant *v, acceptor, recv_ready_waits_without_a_buf
  * Both OpenSSL library contexts an acceptor can run its handshakes in (its own, the default; or
  * OpenSSL's shared one) give the same connections: TLS 1.3 and 1.2, kernel mode where the kernel
  * has TLS (the keys are derived in the SSL's context), and a ticket from one resumes on the other
- * (same ktla_ctx, same keys).
+ * (same ktla_ctx, same keys). The choice cannot change once connections came.
  */
 Test(acceptor, own_and_shared_openssl_contexts_serve_alike)
 {
@@ -201,6 +201,10 @@ Test(acceptor, own_and_shared_openssl_contexts_serve_alike)
         SSL_SESSION_free(co.session);
         SSL_CTX_free(co.ctx);
     }
+    /* Chosen once: after the first connection (echo_wait_ended above ordered us after it). */
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(ktla_acceptor_set_openssl_context(echo_acceptor(s[i]), KTLA_OPENSSL_OWN),
+                     KTLA_EINVAL);
     echo_stop(s[1]);
     echo_stop(s[0]);
 }

@@ -394,6 +394,11 @@ struct ktla_ctx *echo_ctx(const struct echo_server *s)
     return s->ctx;
 }
 
+struct ktla_acceptor *echo_acceptor(const struct echo_server *s)
+{
+    return s->acc;
+}
+
 int echo_conns(struct echo_server *s, struct echo_conn *out, int max)
 {
     pthread_mutex_lock(&s->lock);

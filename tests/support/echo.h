@@ -67,6 +67,7 @@ struct echo_server;
 struct echo_server *echo_start(const struct echo_opts *o);
 uint16_t echo_port(const struct echo_server *s);
 struct ktla_ctx *echo_ctx(const struct echo_server *s);
+struct ktla_acceptor *echo_acceptor(const struct echo_server *s);
 /* Copies of the connections so far (up to max) and how many there were. */
 int echo_conns(struct echo_server *s, struct echo_conn *out, int max);
 /* Failed handshakes so far, and the code of the last one. */
