@@ -246,8 +246,8 @@ static void on_connected(struct conn *c)
     struct worker *w = c->w;
     c->state = C_HANDSHAKE;
     c->ssl = SSL_new(w->ssl_ctx);
-    c->rbio = BIO_new(BIO_s_mem());
-    c->wbio = BIO_new(BIO_s_mem());
+    c->rbio = BIO_new_ex(w->lib, BIO_s_mem());
+    c->wbio = BIO_new_ex(w->lib, BIO_s_mem());
     if (!c->ssl || !c->rbio || !c->wbio) {
         BIO_free(c->rbio);
         BIO_free(c->wbio);

@@ -331,11 +331,12 @@ KTLA_API int ktla_acceptor_set_plain_reply(struct ktla_acceptor *acc, const void
  * acceptor makes a library context of its own (OpenSSL's "default" provider, and "base" where the
  * default context has it) and SSL_CTXs in it from the ktla_ctx's certificates and settings,
  * rebuilt at its next handshake after ktla_ctx_reload_certs; tickets open across acceptors as
- * before. It costs about 300 KB per acceptor. Where OpenSSL's default context cannot be copied
- * (FIPS mode, or a provider other than "default" and "base", such as one an application loaded
- * for keys in hardware) or making one fails, the acceptor shares the default context, and says
- * why once per process through its log callback. KTLA_OPENSSL_SHARED asks for the default
- * context and the ktla_ctx's SSL_CTX.
+ * before. Acceptors of one ktla_ctx on one ring (one thread) share one. It costs about 300 KB
+ * each, and a process has at most 128 (OpenSSL 3.0 takes two thread-specific keys for each).
+ * Where OpenSSL's default context cannot be copied (FIPS mode, or a provider other than
+ * "default" and "base", such as one an application loaded for keys in hardware) or no context
+ * can be had, the acceptor shares the default context, and says why once per process through its
+ * log callback. KTLA_OPENSSL_SHARED asks for the default context and the ktla_ctx's SSL_CTX.
  */
 enum ktla_openssl_context {
     KTLA_OPENSSL_OWN = 0,

@@ -9,6 +9,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdarg.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -619,16 +620,84 @@ void ktla_acceptor_complete(struct ktla_op *op, struct io_uring_cqe *cqe)
 
 /* ---- OpenSSL's library context */
 
+/*
+ * Acceptors on one ring run on one thread, and what a context of one's own saves is contention
+ * between threads: they share one (ktla-serve's workers have an acceptor per address). Found by
+ * ring and ktla_ctx; an entry lives while an acceptor uses it, so neither pointer is reused
+ * while it is listed.
+ */
+struct ring_tls {
+    struct io_uring *ring;
+    struct ktla_ctx *ctx;
+    struct ktla_tls_local *tls;
+    unsigned users;
+    struct ring_tls *next;
+};
+static pthread_mutex_t ring_tls_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct ring_tls *ring_tls_list;
+
+static struct ring_tls **ring_tls_find(struct io_uring *ring, struct ktla_ctx *ctx)
+{
+    struct ring_tls **p = &ring_tls_list;
+
+    while (*p && ((*p)->ring != ring || (*p)->ctx != ctx))
+        p = &(*p)->next;
+    return p;
+}
+
 static void use_own_openssl_context(struct ktla_acceptor *acc)
 {
+    struct ring_tls *e;
     const char *why;
-    int ret = ktla_tls_local_new(acc->cfg.ctx, &acc->tls, &why);
+    int ret;
 
-    if (ret < 0 && !atomic_exchange(&shared_openssl_logged, true))
-        ktla_acceptor_log(acc,
-                          "ktla: %s: acceptors share OpenSSL's default library context "
-                          "(threads then contend on its locks)",
-                          why);
+    pthread_mutex_lock(&ring_tls_lock);
+    e = *ring_tls_find(acc->ring, acc->cfg.ctx);
+    if (e) {
+        e->users++;
+        ktla_tls_local_ref(e->tls);
+        acc->tls = e->tls;
+    }
+    pthread_mutex_unlock(&ring_tls_lock);
+    if (acc->tls)
+        return;
+    /* Outside the lock (it parses certificates): only this ring's thread makes this entry. */
+    ret = ktla_tls_local_new(acc->cfg.ctx, &acc->tls, &why);
+    if (ret < 0) {
+        if (!atomic_exchange(&shared_openssl_logged, true))
+            ktla_acceptor_log(acc,
+                              "ktla: %s: acceptors share OpenSSL's default library context "
+                              "(threads then contend on its locks)",
+                              why);
+        return;
+    }
+    e = calloc(1, sizeof(*e));
+    if (!e)
+        return; /* this acceptor keeps its context to itself */
+    *e = (struct ring_tls){.ring = acc->ring, .ctx = acc->cfg.ctx, .tls = acc->tls, .users = 1};
+    pthread_mutex_lock(&ring_tls_lock);
+    e->next = ring_tls_list;
+    ring_tls_list = e;
+    pthread_mutex_unlock(&ring_tls_lock);
+}
+
+/* The acceptor's end: its reference, and its place among the ring's users. */
+static void drop_openssl_context(struct ktla_acceptor *acc)
+{
+    struct ring_tls **p, *e;
+
+    if (!acc->tls)
+        return;
+    pthread_mutex_lock(&ring_tls_lock);
+    p = ring_tls_find(acc->ring, acc->cfg.ctx);
+    e = *p;
+    if (e && e->tls == acc->tls && --e->users == 0) {
+        *p = e->next;
+        free(e);
+    }
+    pthread_mutex_unlock(&ring_tls_lock);
+    ktla_tls_local_unref(acc->tls); /* live connections hold their own references */
+    acc->tls = NULL;
 }
 
 int ktla_acceptor_set_openssl_context(struct ktla_acceptor *acc, enum ktla_openssl_context which)
@@ -722,7 +791,7 @@ static void maybe_free_acceptor(struct ktla_acceptor *acc)
     /* The application's ring: the last completion frees us. */
     if (acc->done_cb)
         acc->done_cb(acc->done_arg);
-    ktla_tls_local_unref(acc->tls); /* live connections hold their own references */
+    drop_openssl_context(acc);
     ktla_ctx_free(acc->cfg.ctx);
     free(acc->plain_reply);
     free(acc);
@@ -806,7 +875,7 @@ void ktla_acceptor_free_then(struct ktla_acceptor *acc, ktla_done_cb cb, void *a
     io_uring_queue_exit(&acc->own_ring);
     if (cb)
         cb(arg);
-    ktla_tls_local_unref(acc->tls); /* live connections hold their own references */
+    drop_openssl_context(acc);
     ktla_ctx_free(acc->cfg.ctx);
     free(acc->plain_reply);
     free(acc);

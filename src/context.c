@@ -607,15 +607,21 @@ static int use_chain_pem(SSL_CTX *sc, OSSL_LIB_CTX *lib, const char *pem)
     if (!bio)
         return -ENOMEM;
     x = X509_new_ex(lib, NULL);
-    if (!x || !PEM_read_bio_X509_AUX(bio, &x, no_password, NULL))
+    if (!x) {
+        ret = -ENOMEM;
+        goto free_bio;
+    }
+    if (!PEM_read_bio_X509_AUX(bio, &x, no_password, NULL))
         goto free_x509;
     if (SSL_CTX_use_certificate(sc, x) != 1)
         goto free_x509;
     X509_free(x);
     for (;;) {
         x = X509_new_ex(lib, NULL);
-        if (!x)
+        if (!x) {
+            ret = -ENOMEM;
             goto free_bio;
+        }
         if (!PEM_read_bio_X509(bio, &x, no_password, NULL))
             break;
         if (SSL_CTX_add0_chain_cert(sc, x) != 1)
@@ -1012,24 +1018,43 @@ static void copy_check(void)
     ERR_clear_error();
 }
 
+/*
+ * At most this many contexts per process: OpenSSL 3.0 takes two of the process's 1024
+ * thread-specific keys (PTHREAD_KEYS_MAX) for each context that draws random numbers, and the
+ * 509th fails; the rest of the process (the application, other libraries, OpenSSL itself) needs
+ * keys too. Acceptors beyond it share OpenSSL's default context.
+ */
+#define LIB_CTX_MAX 128
+_Static_assert(LIB_CTX_MAX == 128, "slot_get's message says 128");
+
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct lib_slot *pool;
+static unsigned slots_made;
 
-/* A library context from the pool, or a new one; NULL if one cannot be made. */
-static struct lib_slot *slot_get(void)
+/* A library context from the pool, or a new one; NULL, with *why, if none can be had. */
+static struct lib_slot *slot_get(const char **why)
 {
     struct lib_slot *sl;
+    bool full;
 
     pthread_mutex_lock(&pool_lock);
     sl = pool;
     if (sl)
         pool = sl->next;
+    full = !sl && slots_made >= LIB_CTX_MAX;
+    if (!sl && !full)
+        slots_made++; /* taken now; given back below if making it fails */
     pthread_mutex_unlock(&pool_lock);
     if (sl)
         return sl;
+    *why = full ? "the process already has 128 OpenSSL library contexts of "
+                  "ktla's (OpenSSL 3.0 takes two thread-specific keys for each)"
+                : "a library context of its own could not be made";
+    if (full)
+        return NULL;
     sl = calloc(1, sizeof(*sl));
     if (!sl)
-        return NULL;
+        goto fail;
     sl->lib = OSSL_LIB_CTX_new();
     if (!sl->lib)
         goto fail;
@@ -1043,11 +1068,16 @@ static struct lib_slot *slot_get(void)
 
 fail:
     /* Nothing in it drew random numbers yet, so this context can still be freed. */
-    for (size_t i = 0; i < 2; i++)
-        if (sl->prov[i])
-            OSSL_PROVIDER_unload(sl->prov[i]);
-    OSSL_LIB_CTX_free(sl->lib);
-    free(sl);
+    if (sl) {
+        for (size_t i = 0; i < 2; i++)
+            if (sl->prov[i])
+                OSSL_PROVIDER_unload(sl->prov[i]);
+        OSSL_LIB_CTX_free(sl->lib);
+        free(sl);
+    }
+    pthread_mutex_lock(&pool_lock);
+    slots_made--;
+    pthread_mutex_unlock(&pool_lock);
     return NULL;
 }
 
@@ -1069,6 +1099,11 @@ static void local_free(struct ktla_tls_local *l)
     if (l->slot)
         slot_put(l->slot);
     free(l);
+}
+
+void ktla_tls_local_ref(struct ktla_tls_local *l)
+{
+    atomic_fetch_add_explicit(&l->refs, 1, memory_order_relaxed);
 }
 
 void ktla_tls_local_unref(struct ktla_tls_local *l)
@@ -1108,7 +1143,7 @@ int ktla_tls_local_new(struct ktla_ctx *ctx, struct ktla_tls_local **out, const 
     int ret = -ENOMEM;
 
     *out = NULL;
-    *why = NULL;
+    *why = "a library context of its own could not be made";
     pthread_once(&copy_once, copy_check);
     if (copy_refusal) {
         *why = copy_refusal;
@@ -1124,18 +1159,21 @@ int ktla_tls_local_new(struct ktla_ctx *ctx, struct ktla_tls_local **out, const 
     }
     l->common = ctx->common;
     atomic_fetch_add_explicit(&l->common->refs, 1, memory_order_relaxed);
-    l->slot = slot_get();
-    if (!l->slot)
+    l->slot = slot_get(why);
+    if (!l->slot) {
+        ret = KTLA_EINVAL;
         goto fail;
+    }
     l->lib = l->slot->lib;
     ret = local_rebuild(l, ctx);
-    if (ret < 0)
+    if (ret < 0) {
+        *why = "a library context of its own could not be made";
         goto fail;
+    }
     *out = l;
     return 0;
 
 fail:
-    *why = "a library context of its own could not be made";
     ERR_clear_error();
     local_free(l);
     return ret;

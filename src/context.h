@@ -26,12 +26,13 @@ void ktla_ctx_ref(struct ktla_ctx *ctx);
 /*
  * An acceptor's own OpenSSL library context, with SSL_CTXs built in it from the ktla_ctx's
  * current certificates and settings (see context.c for why). KTLA_EINVAL with *why set when
- * OpenSSL's default context cannot be copied, or -ENOMEM and *why when making one failed: the
- * acceptor then shares the default one. The caller's reference is dropped with
+ * OpenSSL's default context cannot be copied or the process has made as many as it may (128),
+ * -ENOMEM and *why when making one failed: the acceptor then shares the default one. The caller's reference is dropped with
  * ktla_tls_local_unref(); SSLs made from it (ktla_ssl_new) hold their own.
  */
 struct ktla_tls_local;
 int ktla_tls_local_new(struct ktla_ctx *ctx, struct ktla_tls_local **out, const char **why);
+void ktla_tls_local_ref(struct ktla_tls_local *l);
 void ktla_tls_local_unref(struct ktla_tls_local *l);
 
 /*

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "echo.h"
+#include "internal.h"
 #include "ktls.h"
 #include "testutil.h"
 
@@ -201,12 +202,46 @@ Test(acceptor, own_and_shared_openssl_contexts_serve_alike)
         SSL_SESSION_free(co.session);
         SSL_CTX_free(co.ctx);
     }
-    /* Chosen once: after the first connection (echo_wait_ended above ordered us after it). */
+    /* Each made as asked (echo_wait_ended above ordered us after the first connection). */
+    cr_assert_not_null(echo_acceptor(s[0])->tls, "no context of its own: fell back to sharing");
+    cr_assert_null(echo_acceptor(s[1])->tls);
+    /* Chosen once: not after the first connection. */
     for (int i = 0; i < 2; i++)
         cr_assert_eq(ktla_acceptor_set_openssl_context(echo_acceptor(s[i]), KTLA_OPENSSL_OWN),
                      KTLA_EINVAL);
     echo_stop(s[1]);
     echo_stop(s[0]);
+}
+
+/*
+ * Acceptors on one ring run on one thread, where contexts of their own would save nothing: they
+ * share one (ktla-serve's workers have an acceptor per address), while an acceptor on another
+ * ring has its own.
+ */
+Test(acceptor, acceptors_on_one_ring_share_one_openssl_context)
+{
+    struct echo_opts two = {.tickets = -1, .shared_ring = true, .second_acceptor = true};
+    struct echo_server *s = echo_start(&two);
+    struct echo_opts other = {.tickets = -1, .ctx = echo_ctx(s)};
+    struct echo_server *o = echo_start(&other);
+    struct tc_opts co = {.version = KTLA_TLS1_3, .cipher = -1};
+    const uint16_t ports[] = {echo_port(s), echo_port2(s), echo_port(o)};
+    struct tc c;
+
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(tc_connect(&c, ports[i], &co, NULL, 0), 0);
+        echo_round(&c, 1000, (uint8_t)(40 + i));
+        tc_close(&c, true);
+    }
+    cr_assert(echo_wait_ended(s, 2, 5000));
+    cr_assert(echo_wait_ended(o, 1, 5000));
+    struct ktla_tls_local *a = echo_acceptor(s)->tls, *b = echo_acceptor2(s)->tls;
+    cr_assert(a && b, "an acceptor without a context of its own");
+    cr_assert_eq(a, b, "two acceptors on one ring made two contexts");
+    cr_assert_not_null(echo_acceptor(o)->tls);
+    cr_assert_neq(echo_acceptor(o)->tls, a, "an acceptor on another ring shared the context");
+    echo_stop(o);
+    echo_stop(s);
 }
 
 ParameterizedTestParameters(acceptor, tls13_ticket_counts_keep_the_sequence_right)

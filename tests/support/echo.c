@@ -27,8 +27,10 @@
 struct echo_server {
     struct echo_opts opts;
     struct ktla_ctx *ctx;
-    struct ktla_acceptor *acc;
-    int lfd, file_fd;
+    struct ktla_acceptor *acc, *acc2; /* acc2: second_acceptor */
+    int lfd, lfd2, file_fd;
+    uint16_t port2;
+    bool acc2_gone;
     size_t file_extra;
     bool ready_first;
     uint16_t port;
@@ -380,6 +382,14 @@ struct echo_server *echo_start(const struct echo_opts *o)
                      0);
     if (o->shared_openssl)
         cr_assert_eq(ktla_acceptor_set_openssl_context(s->acc, KTLA_OPENSSL_SHARED), 0);
+    s->lfd2 = -1;
+    if (o->second_acceptor) {
+        cr_assert(o->shared_ring, "a second acceptor shares the application's ring");
+        s->lfd2 = tu_listen(&s->port2);
+        ac.listen_fd = s->lfd2;
+        ret = ktla_acceptor_new(&ac, &s->acc2);
+        cr_assert_eq(ret, 0, "ktla_acceptor_new: %s", ktla_strerror(ret));
+    }
     cr_assert_eq(pthread_create(&s->thread, NULL, server_main, s), 0);
     return s;
 }
@@ -397,6 +407,16 @@ struct ktla_ctx *echo_ctx(const struct echo_server *s)
 struct ktla_acceptor *echo_acceptor(const struct echo_server *s)
 {
     return s->acc;
+}
+
+uint16_t echo_port2(const struct echo_server *s)
+{
+    return s->port2;
+}
+
+struct ktla_acceptor *echo_acceptor2(const struct echo_server *s)
+{
+    return s->acc2;
 }
 
 int echo_conns(struct echo_server *s, struct echo_conn *out, int max)
@@ -456,6 +476,11 @@ static void on_acceptor_gone(void *arg)
     s->life.acc_gone_inside = s->in_free;
 }
 
+static void on_acceptor2_gone(void *arg)
+{
+    ((struct echo_server *)arg)->acc2_gone = true;
+}
+
 /* Runs the ring until `done` (a flag or a count reaching its goal) or 10 s. */
 static void run_until(struct echo_server *s, const int *count, const int *goal, const bool *flag)
 {
@@ -498,10 +523,16 @@ void echo_stop_life(struct echo_server *s, struct echo_life *out)
     s->in_free = true;
     ktla_acceptor_free_then(s->acc, on_acceptor_gone, s);
     s->in_free = false;
+    if (s->acc2)
+        ktla_acceptor_free_then(s->acc2, on_acceptor2_gone, s);
     if (s->opts.shared_ring) {
         run_until(s, NULL, NULL, &s->life.acc_gone);
+        if (s->acc2)
+            run_until(s, NULL, NULL, &s->acc2_gone);
         io_uring_queue_exit(&s->ring);
     }
+    if (s->lfd2 >= 0)
+        close(s->lfd2);
     if (out)
         *out = s->life;
     ktla_ctx_free(s->ctx);

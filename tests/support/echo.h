@@ -42,6 +42,9 @@ struct echo_opts {
     bool shared_openssl;
     /* Another server's TLS context (echo_ctx), shared: the same certificate and ticket keys. */
     struct ktla_ctx *ctx;
+    /* With shared_ring: a second listening socket and acceptor on the same ring (echo_port2,
+     * echo_acceptor2), answered alike. */
+    bool second_acceptor;
 };
 
 enum { ECHO_END_SHUTDOWN = 1, ECHO_END_CLOSE = 2 };
@@ -68,6 +71,8 @@ struct echo_server *echo_start(const struct echo_opts *o);
 uint16_t echo_port(const struct echo_server *s);
 struct ktla_ctx *echo_ctx(const struct echo_server *s);
 struct ktla_acceptor *echo_acceptor(const struct echo_server *s);
+uint16_t echo_port2(const struct echo_server *s);
+struct ktla_acceptor *echo_acceptor2(const struct echo_server *s);
 /* Copies of the connections so far (up to max) and how many there were. */
 int echo_conns(struct echo_server *s, struct echo_conn *out, int max);
 /* Failed handshakes so far, and the code of the last one. */

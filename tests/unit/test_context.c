@@ -1597,8 +1597,16 @@ Test(ctx_local, a_local_takes_reloaded_certificates_and_keeps_sni)
     cr_assert(handshake(&before));
     peer_san(before.client, san, sizeof(san));
     cr_assert_str_eq(san, "a.example.com");
+    OSSL_LIB_CTX *lib = ktla_ssl_libctx(before.server);
     local_conn_free(&before);
 
+    /* Every SSL, SNI-switched ones included, gave its reference back: the context is free for
+     * the next local (it would not be, had one been kept). */
+    ktla_tls_local_unref(l);
+    l = local_new(ctx);
+    local_conn_new(&before, l, ctx, cc, NULL);
+    cr_assert_eq(ktla_ssl_libctx(before.server), lib, "the local outlived its last SSL");
+    local_conn_free(&before);
     ktla_tls_local_unref(l);
     ktla_ctx_free(ctx);
     SSL_CTX_free(cc);
