@@ -327,8 +327,8 @@ KTLA_API int ktla_acceptor_set_plain_reply(struct ktla_acceptor *acc, const void
  * Which OpenSSL library context an acceptor's handshakes run in. OpenSSL 3.0 takes a lock of the
  * library context for each algorithm it looks up, hundreds of times per handshake, so acceptors
  * on several threads sharing OpenSSL's default context all write the same few cache lines.
- * KTLA_OPENSSL_OWN, the default: at its first connection, in the thread that runs it, each
- * acceptor makes a library context of its own (OpenSSL's "default" provider, and "base" where the
+ * KTLA_OPENSSL_OWN, the default: at its first connection (or when asked for with
+ * KTLA_OPENSSL_OWN below, at once), each acceptor makes a library context of its own (OpenSSL's "default" provider, and "base" where the
  * default context has it) and SSL_CTXs in it from the ktla_ctx's certificates and settings,
  * rebuilt at its next handshake after ktla_ctx_reload_certs; tickets open across acceptors as
  * before. Acceptors of one ktla_ctx on one ring (one thread) share one. It costs about 300 KB
@@ -345,8 +345,10 @@ enum ktla_openssl_context {
 
 /*
  * Chooses the library context before the acceptor's first connection (call it before its ring
- * runs, or from its thread before a connection arrives). 0, or KTLA_EINVAL (NULL, another value,
- * or a connection already accepted).
+ * runs, or from its thread before a connection arrives), once. KTLA_OPENSSL_OWN makes it now, so
+ * that its cost and any fallback belong to start-up. 0; KTLA_EINVAL for NULL, another value, a
+ * second call or a connection already accepted; for KTLA_OPENSSL_OWN, KTLA_EINVAL or -ENOMEM
+ * when the acceptor cannot have its own (it then shares, and its log callback said why).
  */
 KTLA_API int ktla_acceptor_set_openssl_context(struct ktla_acceptor *acc,
                                                enum ktla_openssl_context which);

@@ -37,7 +37,7 @@ static atomic_bool shared_openssl_logged;
 
 static void arm_accept(struct ktla_acceptor *acc);
 static void hs_progress(struct ktla_conn *c);
-static void use_own_openssl_context(struct ktla_acceptor *acc);
+static int use_own_openssl_context(struct ktla_acceptor *acc);
 
 void ktla_acceptor_log(struct ktla_acceptor *acc, const char *fmt, ...)
 {
@@ -380,11 +380,10 @@ static void hs_start(struct ktla_acceptor *acc, int fd)
     if (!c->hs)
         goto err_free_conn;
     if (!acc->tls_decided) {
-        /* Made here rather than in ktla_acceptor_new: in the thread that will use it, and not at
-         * all for an acceptor told to share before its first connection. */
+        /* Not asked for (ktla_acceptor_set_openssl_context): made here rather than in
+         * ktla_acceptor_new, so that an acceptor told to share never makes one. */
         acc->tls_decided = true;
-        if (!acc->tls_shared)
-            use_own_openssl_context(acc);
+        use_own_openssl_context(acc);
     }
     if (acc->tls) {
         bool failed;
@@ -645,7 +644,7 @@ static struct ring_tls **ring_tls_find(struct io_uring *ring, struct ktla_ctx *c
     return p;
 }
 
-static void use_own_openssl_context(struct ktla_acceptor *acc)
+static int use_own_openssl_context(struct ktla_acceptor *acc)
 {
     struct ring_tls *e;
     const char *why;
@@ -660,7 +659,7 @@ static void use_own_openssl_context(struct ktla_acceptor *acc)
     }
     pthread_mutex_unlock(&ring_tls_lock);
     if (acc->tls)
-        return;
+        return 0;
     /* Outside the lock (it parses certificates): only this ring's thread makes this entry. */
     ret = ktla_tls_local_new(acc->cfg.ctx, &acc->tls, &why);
     if (ret < 0) {
@@ -669,16 +668,17 @@ static void use_own_openssl_context(struct ktla_acceptor *acc)
                               "ktla: %s: acceptors share OpenSSL's default library context "
                               "(threads then contend on its locks)",
                               why);
-        return;
+        return ret;
     }
     e = calloc(1, sizeof(*e));
     if (!e)
-        return; /* this acceptor keeps its context to itself */
+        return 0; /* this acceptor keeps its context to itself */
     *e = (struct ring_tls){.ring = acc->ring, .ctx = acc->cfg.ctx, .tls = acc->tls, .users = 1};
     pthread_mutex_lock(&ring_tls_lock);
     e->next = ring_tls_list;
     ring_tls_list = e;
     pthread_mutex_unlock(&ring_tls_lock);
+    return 0;
 }
 
 /* The acceptor's end: its reference, and its place among the ring's users. */
@@ -704,10 +704,10 @@ int ktla_acceptor_set_openssl_context(struct ktla_acceptor *acc, enum ktla_opens
 {
     if (!acc || (which != KTLA_OPENSSL_OWN && which != KTLA_OPENSSL_SHARED))
         return KTLA_EINVAL;
-    if (acc->tls_decided) /* handshakes already run in one or the other */
+    if (acc->tls_decided) /* chosen already, or handshakes run in one or the other */
         return KTLA_EINVAL;
-    acc->tls_shared = which == KTLA_OPENSSL_SHARED;
-    return 0;
+    acc->tls_decided = true;
+    return which == KTLA_OPENSSL_SHARED ? 0 : use_own_openssl_context(acc);
 }
 
 /* ---- public */

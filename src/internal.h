@@ -170,8 +170,7 @@ struct ktla_acceptor {
     ktla_done_cb done_cb; /* ktla_acceptor_free_then */
     void *done_arg;
     struct ktla_tls_local *tls; /* its own OpenSSL library context; NULL: the shared one */
-    bool tls_decided;           /* made (or refused) at the first handshake, in its thread */
-    bool tls_shared;            /* ktla_acceptor_set_openssl_context(KTLA_OPENSSL_SHARED) */
+    bool tls_decided; /* by ktla_acceptor_set_openssl_context, or else at the first handshake */
 };
 
 /* A submission queue entry, flushing the ring once if it is full; NULL only if that failed. */

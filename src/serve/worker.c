@@ -1103,8 +1103,10 @@ int worker_init(struct worker *w)
             goto arm;
         }
         ktla_acceptor_set_plain_reply(w->acc[i], plain_400, sizeof(plain_400) - 1);
-        if (w->cfg->shared_openssl)
-            ktla_acceptor_set_openssl_context(w->acc[i], KTLA_OPENSSL_SHARED);
+        /* Now, not at each worker's first connection: its cost (certificates parsed, about
+         * 300 KB) belongs to start-up, and a fallback is said there. Failing shares, said. */
+        ktla_acceptor_set_openssl_context(w->acc[i], w->cfg->shared_openssl ? KTLA_OPENSSL_SHARED
+                                                                            : KTLA_OPENSSL_OWN);
     }
 arm:
     w->cached_lookups = files_can_resolve_cached(w->cfg->root_fd);

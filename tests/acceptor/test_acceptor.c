@@ -215,15 +215,18 @@ Test(acceptor, own_and_shared_openssl_contexts_serve_alike)
 
 /*
  * Acceptors on one ring run on one thread, where contexts of their own would save nothing: they
- * share one (ktla-serve's workers have an acceptor per address), while an acceptor on another
- * ring has its own.
+ * share one (ktla-serve's workers have an acceptor per address), made at the first connection,
+ * while an acceptor on another ring has its own, made at once when asked for.
  */
 Test(acceptor, acceptors_on_one_ring_share_one_openssl_context)
 {
     struct echo_opts two = {.tickets = -1, .shared_ring = true, .second_acceptor = true};
     struct echo_server *s = echo_start(&two);
-    struct echo_opts other = {.tickets = -1, .ctx = echo_ctx(s)};
+    struct echo_opts other = {.tickets = -1, .ctx = echo_ctx(s), .own_openssl = true};
     struct echo_server *o = echo_start(&other);
+    /* Asked for explicitly, it is made at once, before any connection. */
+    cr_assert_not_null(echo_acceptor(o)->tls);
+    cr_assert_null(echo_acceptor(s)->tls, "made before the first connection without being asked");
     struct tc_opts co = {.version = KTLA_TLS1_3, .cipher = -1};
     const uint16_t ports[] = {echo_port(s), echo_port2(s), echo_port(o)};
     struct tc c;

@@ -382,6 +382,8 @@ struct echo_server *echo_start(const struct echo_opts *o)
                      0);
     if (o->shared_openssl)
         cr_assert_eq(ktla_acceptor_set_openssl_context(s->acc, KTLA_OPENSSL_SHARED), 0);
+    if (o->own_openssl)
+        cr_assert_eq(ktla_acceptor_set_openssl_context(s->acc, KTLA_OPENSSL_OWN), 0);
     s->lfd2 = -1;
     if (o->second_acceptor) {
         cr_assert(o->shared_ring, "a second acceptor shares the application's ring");

@@ -40,6 +40,9 @@ struct echo_opts {
     /* ktla_acceptor_set_openssl_context(KTLA_OPENSSL_SHARED): OpenSSL's default library
      * context and the ktla_ctx's SSL_CTX rather than the acceptor's own. */
     bool shared_openssl;
+    /* ktla_acceptor_set_openssl_context(KTLA_OPENSSL_OWN): its own context made at once,
+     * rather than at the first connection. */
+    bool own_openssl;
     /* Another server's TLS context (echo_ctx), shared: the same certificate and ticket keys. */
     struct ktla_ctx *ctx;
     /* With shared_ring: a second listening socket and acceptor on the same ring (echo_port2,
