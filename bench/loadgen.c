@@ -631,8 +631,8 @@ void loadgen_setup_ctx(SSL_CTX *ctx)
 
 /*
  * After the thread ended (its exit ran OpenSSL's thread-exit handlers for the context) or before
- * it began. This thread drew random numbers from the context when it made the SSL_CTX: its own
- * state there goes first, or OpenSSL 3.0 would use the freed context when this thread ends.
+ * it began. This thread drew random numbers from the context when it made the SSL_CTX: freeing
+ * the context runs the calling thread's handlers for it, so none is left to use it later.
  */
 static void free_lib(struct worker *w)
 {
@@ -641,11 +641,8 @@ static void free_lib(struct worker *w)
     if (w->prov)
         OSSL_PROVIDER_unload(w->prov);
     w->prov = NULL;
-    if (w->lib) {
-        OPENSSL_thread_stop_ex(w->lib);
-        OSSL_LIB_CTX_free(w->lib);
-        w->lib = NULL;
-    }
+    OSSL_LIB_CTX_free(w->lib);
+    w->lib = NULL;
 }
 
 int worker_start(struct bench_shared *sh, unsigned id, unsigned nconns, unsigned max_connecting,

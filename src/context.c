@@ -146,8 +146,7 @@ struct lib_slot {
 /* An acceptor's own library context and the SSL_CTXs it built in it (see the top of the file). */
 struct ktla_tls_local {
     atomic_int refs; /* the acceptor's, and one per SSL made from these SSL_CTXs */
-    struct lib_slot *slot;
-    OSSL_LIB_CTX *lib; /* slot->lib */
+    struct lib_slot *slot; /* its library context: slot->lib */
     SSL_CTX *current;  /* the default SSL_CTX of the generation `gen`, or NULL */
     unsigned long gen, failed_gen;
     struct common *common; /* a reference */
@@ -346,7 +345,7 @@ static int ticket_key_cb(SSL *ssl, unsigned char name[16], unsigned char iv[EVP_
 
     if (!c)
         return -1;
-    if (enc && RAND_bytes_ex(l ? l->lib : NULL, iv, EVP_CIPHER_get_iv_length(c->aes_cbc), 0) != 1)
+    if (enc && RAND_bytes_ex(l ? l->slot->lib : NULL, iv, EVP_CIPHER_get_iv_length(c->aes_cbc), 0) != 1)
         return -1;
     /* A local copies the key it needs under its own lock; a shared SSL_CTX under the common one. */
     pthread_mutex_t *lock = l ? &l->keys_lock : &c->keys_lock;
@@ -1125,7 +1124,7 @@ static int local_rebuild(struct ktla_tls_local *l, struct ktla_ctx *ctx)
     atomic_fetch_add_explicit(&m->refs, 1, memory_order_relaxed);
     gen = atomic_load_explicit(&ctx->gen, memory_order_relaxed);
     pthread_mutex_unlock(&ctx->lock);
-    ret = ssl_ctxs_new(l->common, l->lib, l, m, &sc);
+    ret = ssl_ctxs_new(l->common, l->slot->lib, l, m, &sc);
     material_unref(m);
     if (ret < 0) {
         l->failed_gen = gen;
@@ -1164,7 +1163,6 @@ int ktla_tls_local_new(struct ktla_ctx *ctx, struct ktla_tls_local **out, const 
         ret = KTLA_EINVAL;
         goto fail;
     }
-    l->lib = l->slot->lib;
     ret = local_rebuild(l, ctx);
     if (ret < 0) {
         *why = "a library context of its own could not be made";
@@ -1220,5 +1218,5 @@ OSSL_LIB_CTX *ktla_ssl_libctx(const SSL *ssl)
     struct ktla_tls_local *l =
         local_idx < 0 ? NULL : SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), local_idx);
 
-    return l ? l->lib : NULL;
+    return l ? l->slot->lib : NULL;
 }
