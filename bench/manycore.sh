@@ -62,11 +62,11 @@ run() { "$ld" --library-path "$pack/lib" "$@"; }
 # CPUs separated by spaces, cores in the order of their first CPU. Without topology in /sys
 # every CPU counts as a core of its own.
 expand() { # "0-2,8" -> "0 1 2 8"
-    local IFS=, part out=()
+    local IFS=, part i cpu_ids=()
     for part in $1; do
-        if [[ $part == *-* ]]; then out+=($(seq "${part%-*}" "${part#*-}")); else out+=("$part"); fi
+        for ((i = ${part%-*}; i <= ${part#*-}; i++)); do cpu_ids+=("$i"); done
     done
-    echo "${out[@]}"
+    echo "${cpu_ids[@]}"
 }
 allowed=" $(expand "$(taskset -pc $$ | sed 's/.*: *//')") "
 cores=()
@@ -79,7 +79,7 @@ done < <({
         cat "/sys/devices/system/cpu/cpu$c/topology/thread_siblings_list" 2>/dev/null || echo "$c"
     done
 } | sort -u | sort -n)
-ncpu=$(echo $allowed | wc -w)
+ncpu=$(wc -w <<<"$allowed")
 
 # place N: server CPUs (one per core, the cores' second threads only when N exceeds the cores),
 # client CPUs, and what the server cores' siblings run ("idle", "client", or "none" without SMT).
